@@ -1,0 +1,1 @@
+"""vlp_jax: vision-language pretraining in JAX/Flax."""
