@@ -42,7 +42,8 @@ def image_text_features(label_names: Sequence[str], image_size: int | None = Non
       }),
       "questions": tfds.features.Sequence({
           "question": tfds.features.Text(),
-          "answers": tfds.features.Sequence(tfds.features.Text(), length=NUM_ANSWERS_PER_QUESTION),
+          # A fixed-length Tensor, not a nested Sequence(length=10): TFDS 4.9 cannot decode the latter.
+          "answers": tfds.features.Tensor(shape=(NUM_ANSWERS_PER_QUESTION,), dtype=tf.string),
           "type": tfds.features.Text(),
       }),
       "referring": tfds.features.Sequence({
