@@ -8,3 +8,27 @@ import tensorflow as tf  # noqa: E402
 
 tf.config.set_visible_devices([], "GPU")
 jax.config.update("jax_threefry_partitionable", True)
+
+
+import pytest  # noqa: E402
+
+SHAPES_FIXTURE_SIZES = {"train_size": 256, "validation_size": 64, "test_size": 64}
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+  """A tiny `shapes` build (64px, 256 train / 64 validation / 64 test), once per session.
+
+  Returns the TFDS data_dir. Load it with
+    `tfds.load("shapes/64px_train256_validation64_test64", split="train", data_dir=shapes_data_dir)`
+  or `tfds.builder("shapes", config="64px", train_size=256, validation_size=64, test_size=64,
+  data_dir=shapes_data_dir)` (after `import vlp_jax.data.builders`, which registers `shapes`).
+  """
+  import tensorflow_datasets as tfds
+
+  import vlp_jax.data.builders  # noqa: F401  (registers the builders)
+
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  tfds.builder("shapes", config="64px", data_dir=data_dir, **SHAPES_FIXTURE_SIZES).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  return data_dir
