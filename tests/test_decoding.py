@@ -1,0 +1,244 @@
+"""Decoding loop on a toy second-order Markov chain whose state lives in the cache."""
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlp_jax import decoding
+
+PAD, BOS, EOS = 0, 1, 2
+
+
+class ToyChain:
+  """logits = table[previous-but-one token, previous token] + bias[position].
+
+  The previous-but-one token is carried in the cache, so a beam search that reorders the
+  cache wrongly scores the wrong sequences. `steps` is a scalar leaf (like flax's cache_index).
+  """
+
+  def __init__(self, table: np.ndarray, bias: np.ndarray):
+    self.table = np.asarray(table, np.float32)   # [V, V, V]
+    self.bias = np.asarray(bias, np.float32)     # [L, V]
+
+  @classmethod
+  def random(cls, seed: int, vocab: int, max_length: int, scale: float = 2.0) -> "ToyChain":
+    rng = np.random.default_rng(seed)
+    return cls(scale * rng.normal(size=(vocab, vocab, vocab)),
+               scale * rng.normal(size=(max_length, vocab)))
+
+  def step_fn(self, tokens, cache, position):
+    previous = tokens[:, 0]
+    logits = jnp.asarray(self.table)[cache["previous"], previous] + jnp.asarray(self.bias)[position]
+    return logits, {"previous": previous, "steps": cache["steps"] + 1}
+
+  def init_cache(self, batch: int):
+    return {"previous": jnp.full((batch,), PAD, jnp.int32), "steps": jnp.zeros((), jnp.int32)}
+
+  def log_probs(self, history: list[int]) -> np.ndarray:
+    """Next-token log-probabilities [V] after `history` (bos first)."""
+    before = history[-2] if len(history) > 1 else PAD
+    logits = self.table[before, history[-1]] + self.bias[len(history) - 1]
+    logits = logits.astype(np.float64)
+    return logits - np.logaddexp.reduce(logits)
+
+  def greedy_reference(self, prefix: list[int], max_length: int) -> list[int]:
+    history = list(prefix)
+    while len(history) < max_length:
+      history.append(int(np.argmax(self.log_probs(history))))
+      if history[-1] == EOS:
+        break
+    return history + [PAD] * (max_length - len(history))
+
+  def best_hypothesis(self, prefix: list[int], max_length: int,
+                      length_penalty: float) -> tuple[list[int], float]:
+    """Enumerates every hypothesis; the best by HF's penalised score."""
+    vocab = self.table.shape[0]
+    best, best_score = None, -np.inf
+    for length in range(1, max_length - len(prefix) + 1):
+      for tokens in itertools.product(range(vocab), repeat=length):
+        ended = tokens[-1] == EOS
+        if EOS in tokens[:-1] or (not ended and len(prefix) + length < max_length):
+          continue
+        history, log_prob = list(prefix), 0.0
+        for token in tokens:
+          log_prob += self.log_probs(history)[token]
+          history.append(token)
+        score = log_prob / length**length_penalty
+        if score > best_score:
+          best, best_score = history + [PAD] * (max_length - len(history)), score
+    return best, best_score
+
+
+def run_decode(chain: ToyChain, bos: np.ndarray, **kwargs):
+  fn = jax.jit(functools.partial(decoding.decode, chain.step_fn, eos_id=EOS, pad_id=PAD, **kwargs))
+  return fn(chain.init_cache(len(bos)), jnp.asarray(bos, jnp.int32))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_follows_argmax_path_and_pads_after_eos(seed):
+  chain = ToyChain.random(seed, vocab=6, max_length=8)
+  out = run_decode(chain, np.full(4, BOS), max_length=8)
+  expected = chain.greedy_reference([BOS], 8)
+  np.testing.assert_array_equal(np.asarray(out.sequences), [expected] * 4)
+  num_generated = expected[1:].index(EOS) + 1 if EOS in expected[1:] else 7
+  log_prob = sum(chain.log_probs(expected[:i + 1])[expected[i + 1]] for i in range(num_generated))
+  np.testing.assert_allclose(out.scores, log_prob, rtol=1e-5)
+
+
+def test_greedy_pads_after_eos_per_row():
+  # Rows start with different tokens and end at different steps.
+  table = np.zeros((4, 4, 4), np.float32)
+  table[:, BOS] = [0, 0, 0, 5]   # after bos: token 3
+  table[:, 3] = [0, 0, 5, 0]     # after 3: eos
+  chain = ToyChain(table, np.zeros((6, 4)))
+  out = run_decode(chain, np.array([BOS, 3]), max_length=6)
+  np.testing.assert_array_equal(out.sequences, [[BOS, 3, EOS, PAD, PAD, PAD],
+                                                [3, EOS, PAD, PAD, PAD, PAD]])
+
+
+def test_greedy_ties_go_to_lowest_id():
+  chain = ToyChain(np.zeros((5, 5, 5)), np.zeros((4, 5)))
+  out = run_decode(chain, np.array([BOS]), max_length=4)
+  np.testing.assert_array_equal(out.sequences[0], [BOS, 0, 0, 0])
+
+
+def test_loop_stops_early_once_all_rows_ended():
+  table = np.zeros((4, 4, 4), np.float32)
+  table[:, :, EOS] = 10.0
+  calls = []
+
+  def counting_step(tokens, cache, position):
+    jax.debug.callback(lambda p: calls.append(int(p)), position)
+    return ToyChain(table, np.zeros((20, 4))).step_fn(tokens, cache, position)
+
+  fn = jax.jit(functools.partial(decoding.decode, counting_step, max_length=20, eos_id=EOS,
+                                 pad_id=PAD))
+  out = fn({"previous": jnp.zeros((3,), jnp.int32), "steps": jnp.zeros((), jnp.int32)},
+           jnp.full((3,), BOS, jnp.int32))
+  jax.block_until_ready(out)
+  assert calls == [0]
+  np.testing.assert_array_equal(out.sequences[:, :3], [[BOS, EOS, PAD]] * 3)
+
+
+def test_prompt_is_forced_then_greedy_continues():
+  chain = ToyChain.random(3, vocab=6, max_length=9)
+  prompt = np.array([[4, 5], [5, 3]])
+  out = run_decode(chain, np.full(2, BOS), max_length=9, prompt_ids=jnp.asarray(prompt))
+  for row in range(2):
+    prefix = [BOS] + prompt[row].tolist()
+    np.testing.assert_array_equal(out.sequences[row], chain.greedy_reference(prefix, 9))
+
+
+def planted_chain() -> ToyChain:
+  """First-order chain where greedy picks A (p .5) then eos (.34): .17; beam finds B eos: .36."""
+  a, b = 3, 4
+  probs = np.full((5, 5), 0.2)
+  probs[BOS] = [1e-4, 1e-4, 0.1, 0.5, 0.4]
+  probs[a] = [1e-4, 1e-4, 0.34, 0.33, 0.33]
+  probs[b] = [1e-4, 1e-4, 0.9, 0.05, 0.05]
+  table = np.broadcast_to(np.log(probs), (5, 5, 5)).copy()
+  return ToyChain(table, np.zeros((6, 5)))
+
+
+def test_beam_search_beats_greedy_on_planted_example():
+  chain = planted_chain()
+  greedy = run_decode(chain, np.array([BOS]), max_length=6)
+  beam = run_decode(chain, np.array([BOS]), max_length=6, method="beam", num_beams=2,
+                    length_penalty=0.0)
+  np.testing.assert_array_equal(greedy.sequences[0, :3], [BOS, 3, EOS])
+  np.testing.assert_array_equal(beam.sequences[0], [BOS, 4, EOS, PAD, PAD, PAD])
+  np.testing.assert_allclose(beam.scores[0], np.log(0.4 / 1.0002 * 0.9 / 1.0002), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_beam_of_one_without_length_penalty_equals_greedy(seed):
+  chain = ToyChain.random(seed, vocab=6, max_length=8, scale=1.0)
+  bos = np.array([BOS, 3, 4])
+  greedy = run_decode(chain, bos, max_length=8)
+  beam = run_decode(chain, bos, max_length=8, method="beam", num_beams=1, length_penalty=0.0)
+  np.testing.assert_array_equal(beam.sequences, greedy.sequences)
+  np.testing.assert_allclose(beam.scores, greedy.scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed,length_penalty,prompt", [
+    (0, 1.0, None), (1, 0.0, None), (2, 2.0, None), (3, 1.0, [3]), (4, -0.5, None)])
+def test_wide_beam_finds_enumerated_optimum(seed, length_penalty, prompt):
+  # 4 tokens, 4 generated positions (3 with a prompt): 128 beams keep every hypothesis.
+  chain = ToyChain.random(seed, vocab=4, max_length=5, scale=1.5)
+  kwargs = {} if prompt is None else {"prompt_ids": jnp.asarray([prompt, prompt])}
+  out = run_decode(chain, np.array([BOS, BOS]), max_length=5, method="beam", num_beams=128,
+                   length_penalty=length_penalty, **kwargs)
+  best, best_score = chain.best_hypothesis([BOS] + (prompt or []), 5, length_penalty)
+  np.testing.assert_array_equal(out.sequences, [best, best])
+  np.testing.assert_allclose(out.scores, best_score, rtol=1e-5)
+
+
+def test_beam_search_batches_independently():
+  chains = ToyChain.random(7, vocab=5, max_length=7)
+  bos = np.array([BOS, 3, 4])
+  together = run_decode(chains, bos, max_length=7, method="beam", num_beams=3)
+  for row in range(3):
+    alone = run_decode(chains, bos[row:row + 1], max_length=7, method="beam", num_beams=3)
+    np.testing.assert_array_equal(together.sequences[row], alone.sequences[0])
+
+
+def first_step_chain(probs: list[float]) -> ToyChain:
+  """The first generated token has distribution `probs`; it is the last one (max_length 2)."""
+  bias = np.zeros((2, len(probs)), np.float32)
+  bias[0] = np.log(np.asarray(probs))
+  return ToyChain(np.zeros((len(probs),) * 3), bias)
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    ({"top_p": 0.7}, {3: 0.5 / 0.8, 4: 0.3 / 0.8}),
+    ({"top_k": 3}, {3: 0.5 / 0.95, 4: 0.3 / 0.95, 2: 0.15 / 0.95}),
+    ({"temperature": 2.0}, None),
+])
+def test_sampling_frequencies(kwargs, expected):
+  probs = [0.04, 0.01, 0.15, 0.5, 0.3]
+  if expected is None:
+    tempered = np.sqrt(probs) / np.sum(np.sqrt(probs))
+    expected = dict(enumerate(tempered))
+  samples = 4000
+  out = run_decode(first_step_chain(probs), np.full(samples, BOS), max_length=2,
+                   method="sample", rng=jax.random.PRNGKey(0), **kwargs)
+  tokens = np.asarray(out.sequences[:, 1])
+  assert set(np.unique(tokens)) <= set(expected)
+  for token, p in expected.items():
+    assert abs(np.mean(tokens == token) - p) < 0.03, (token, p)
+
+
+def test_sampling_at_vanishing_temperature_is_greedy():
+  chain = ToyChain.random(5, vocab=6, max_length=8)
+  bos = np.array([BOS, 3, 4, 5])
+  greedy = run_decode(chain, bos, max_length=8)
+  sampled = run_decode(chain, bos, max_length=8, method="sample", temperature=1e-4,
+                       rng=jax.random.PRNGKey(3))
+  np.testing.assert_array_equal(sampled.sequences, greedy.sequences)
+  np.testing.assert_allclose(sampled.scores, greedy.scores, rtol=1e-5)
+
+
+def test_process_logits_keeps_at_least_one_token():
+  logits = jnp.log(jnp.asarray([[0.9, 0.05, 0.05]]))
+  warped = decoding.process_logits_for_sampling(logits, 1.0, 0, 0.1)
+  assert np.isfinite(np.asarray(warped)).tolist() == [[True, False, False]]
+
+
+def test_cache_helpers_tile_and_gather_rows():
+  cache = {"key": jnp.arange(6).reshape(2, 3), "index": jnp.array(4)}
+  tiled = decoding.tile_cache_for_beams(cache, 2)
+  np.testing.assert_array_equal(tiled["key"], [[0, 1, 2], [0, 1, 2], [3, 4, 5], [3, 4, 5]])
+  assert tiled["index"] == 4
+  gathered = decoding.gather_cache_rows(tiled, jnp.array([2, 2, 1, 0]))
+  np.testing.assert_array_equal(gathered["key"][:, 0], [3, 3, 0, 0])
+
+
+def test_decode_jit_entry_point():
+  chain = ToyChain.random(6, vocab=6, max_length=8)
+  out = decoding.decode_jit(chain.step_fn, chain.init_cache(2), jnp.array([BOS, BOS]),
+                            max_length=8, eos_id=EOS, pad_id=PAD, method="beam", num_beams=2)
+  assert out.sequences.shape == (2, 8) and out.scores.shape == (2,)
+  np.testing.assert_array_equal(out.sequences[:, 0], [BOS, BOS])

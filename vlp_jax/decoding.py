@@ -1,0 +1,246 @@
+"""One autoregressive decoding loop: greedy, beam search and temperature / top-k / top-p sampling.
+
+The model is seen only through a step function with a KV cache:
+
+  step_fn(tokens [B', 1] int32, cache, position) -> (logits [B', V] float32, new_cache)
+
+`position` is the (scalar int32) index of `tokens` in the sequence. A model wraps its flax
+`apply(..., decode=True, mutable=['cache'])` in it. Every cache leaf with a leading batch
+axis is tiled for beams and reordered when beams are re-ranked; scalar leaves (flax's
+`cache_index`) are shared and left alone. Put per-example conditioning (image embeddings,
+attention masks) in the cache pytree too, so that it follows the beams.
+
+Sequences are laid out as Hugging Face `generate` returns them for a decoder:
+`[bos, prompt..., generated..., pad...]` of length `max_length`; the prompt (e.g. the ids of
+"a picture of ") is forced token by token inside the loop, so `step_fn` only ever sees one
+token per row. The loop is a `lax.while_loop` that stops early once every row has ended; call
+`decode` inside `jax.jit` with the keyword arguments static (see `decode_jit`).
+
+Semantics follow Hugging Face `transformers`:
+- greedy: argmax (ties to the lowest id); after eos a row is padded with `pad_id`.
+- sample: logits / temperature, then top-k, then top-p (the smallest set of most probable
+  tokens whose probability reaches top_p, at least one), then a categorical draw.
+- beam: HF's vectorised beam search with `early_stopping=False`: 2 * num_beams candidates per
+  step, candidates ending in eos (or reaching max_length) among the first num_beams become
+  finished hypotheses scored `sum log p / generated_length ** length_penalty` (generated
+  length counts eos, not bos or prompt), the best num_beams running ones go on, and the loop
+  stops once no running beam can beat the worst kept hypothesis. HF dispatches num_beams=1
+  to greedy; here `method='beam', num_beams=1` runs the beam rules (equal to greedy when
+  length_penalty=0).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Cache = Any
+StepFn = Callable[[jax.Array, Cache, jax.Array], tuple[jax.Array, Cache]]
+Method = Literal["greedy", "beam", "sample"]
+NEG_INF = -1.0e9
+
+
+class DecodeOutput(NamedTuple):
+  """sequences [B, max_length] int32; scores [B] float32.
+
+  Scores: beam search, the length-penalised log-probability of the best hypothesis (HF's
+  `sequences_scores`); greedy and sampling, the summed model log-probabilities (before
+  temperature / top-k / top-p) of the generated tokens, eos included.
+  """
+  sequences: jax.Array
+  scores: jax.Array
+
+
+def tile_cache_for_beams(cache: Cache, num_beams: int) -> Cache:
+  """Repeats every batched leaf [B, ...] -> [B * num_beams, ...] (row b * num_beams + k)."""
+  return jax.tree.map(lambda x: x if jnp.ndim(x) == 0 else jnp.repeat(x, num_beams, axis=0), cache)
+
+
+def gather_cache_rows(cache: Cache, rows: jax.Array) -> Cache:
+  """Selects rows [B'] (flat batch-times-beam indices) of every batched leaf."""
+  return jax.tree.map(lambda x: x if jnp.ndim(x) == 0 else jnp.take(x, rows, axis=0), cache)
+
+
+def _gather_beams(x: jax.Array, beam_indices: jax.Array) -> jax.Array:
+  """x [B, K, ...], beam_indices [B, K'] -> [B, K', ...]."""
+  return jax.vmap(lambda row, idx: jnp.take(row, idx, axis=0))(x, beam_indices)
+
+
+def process_logits_for_sampling(logits: jax.Array, temperature: float, top_k: int,
+                                top_p: float) -> jax.Array:
+  """Temperature, top-k and top-p warping of logits [N, V]; removed tokens get -inf."""
+  logits = logits / temperature
+  if top_k > 0:
+    kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    kept = mass_before < top_p
+    kept = kept.at[:, 0].set(True)
+    # The smallest logit still inside the nucleus; everything below it goes.
+    threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return logits
+
+
+class _State(NamedTuple):
+  """Loop state; K = beams per example (1 for greedy / sampling)."""
+  cur_len: jax.Array             # () tokens written so far in every row
+  running: jax.Array             # [B, K, L] running sequences
+  running_scores: jax.Array      # [B, K] summed log-probs (beam) / generated log-probs
+  finished: jax.Array            # [B, K, L] best finished hypotheses (beam) or unused
+  finished_scores: jax.Array     # [B, K] their penalised scores
+  is_finished: jax.Array         # [B, K] (beam: hypothesis slot filled; else: row ended)
+  improvable: jax.Array          # [B] beam: a running beam may still beat the finished ones
+  cache: Cache
+  rng: jax.Array
+
+
+def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length: int,
+           eos_id: int, pad_id: int, method: Method = "greedy", num_beams: int = 1,
+           top_p: float = 1.0, top_k: int = 0, temperature: float = 1.0,
+           length_penalty: float = 1.0, prompt_ids: jax.Array | None = None,
+           rng: jax.Array | None = None) -> DecodeOutput:
+  """Decodes [B] sequences of `max_length` tokens starting with `bos_ids` [B].
+
+  Args:
+    step_fn: `(tokens [B', 1], cache, position) -> (logits [B', V], cache)`.
+    init_cache: cache for batch B (beam search tiles it to B * num_beams).
+    bos_ids: [B] first token of each sequence.
+    prompt_ids: optional [B, P] (or [P]) tokens forced after bos before free decoding.
+    rng: PRNG key, required for `method='sample'`.
+  Returns:
+    DecodeOutput(sequences [B, max_length], scores [B]).
+  """
+  if method not in ("greedy", "beam", "sample"):
+    raise ValueError(f"unknown decoding method {method!r}")
+  if method == "sample" and rng is None:
+    raise ValueError("sampling needs an rng key")
+  batch = bos_ids.shape[0]
+  beams = num_beams if method == "beam" else 1
+  prefix = bos_ids.astype(jnp.int32)[:, None]
+  if prompt_ids is not None:
+    prompt = jnp.broadcast_to(jnp.asarray(prompt_ids, jnp.int32), (batch, jnp.shape(prompt_ids)[-1]))
+    prefix = jnp.concatenate([prefix, prompt], axis=1)
+  prefix_len = prefix.shape[1]
+  if prefix_len >= max_length:
+    raise ValueError(f"max_length {max_length} leaves no room after {prefix_len} prefix tokens")
+
+  running = jnp.full((batch, beams, max_length), pad_id, jnp.int32)
+  running = running.at[:, :, :prefix_len].set(prefix[:, None, :])
+  # Only the first beam is live at the start, so beams do not pick identical tokens.
+  running_scores = jnp.zeros((batch, beams), jnp.float32).at[:, 1:].set(NEG_INF)
+  state = _State(
+      cur_len=jnp.array(1, jnp.int32), running=running, running_scores=running_scores,
+      finished=running, finished_scores=jnp.full((batch, beams), NEG_INF, jnp.float32),
+      is_finished=jnp.zeros((batch, beams), bool), improvable=jnp.ones((batch,), bool),
+      cache=tile_cache_for_beams(init_cache, beams) if beams > 1 else init_cache,
+      rng=rng if rng is not None else jax.random.PRNGKey(0))
+
+  def select_tokens(state: _State, log_probs: jax.Array, logits: jax.Array) -> _State:
+    """Greedy / sampling update; log_probs, logits [B, 1, V]."""
+    rng, sample_rng = jax.random.split(state.rng)
+    if method == "greedy":
+      tokens = jnp.argmax(logits[:, 0], axis=-1)
+    else:
+      warped = process_logits_for_sampling(logits[:, 0], temperature, top_k, top_p)
+      tokens = jax.random.categorical(sample_rng, warped, axis=-1)
+    done = state.is_finished[:, 0]
+    tokens = jnp.where(done, pad_id, tokens).astype(jnp.int32)
+    token_log_prob = jnp.take_along_axis(log_probs[:, 0], tokens[:, None], axis=-1)[:, 0]
+    scores = state.running_scores[:, 0] + jnp.where(done, 0.0, token_log_prob)
+    running = state.running.at[:, 0, state.cur_len].set(tokens)
+    return state._replace(running=running, running_scores=scores[:, None],
+                          is_finished=(done | (tokens == eos_id))[:, None], rng=rng)
+
+  def beam_update(state: _State, log_probs: jax.Array) -> tuple[_State, jax.Array]:
+    """One HF beam-search step; log_probs [B, K, V]. Returns the state and cache rows."""
+    vocab = log_probs.shape[-1]
+    candidates = 2 * beams
+    total = (log_probs + state.running_scores[:, :, None]).reshape(batch, beams * vocab)
+    top_scores, top_indices = jax.lax.top_k(total, candidates)
+    source_beam = top_indices // vocab
+    top_tokens = (top_indices % vocab).astype(jnp.int32)
+    top_sequences = _gather_beams(state.running, source_beam)
+    top_sequences = top_sequences.at[:, :, state.cur_len].set(top_tokens)
+    ends = (top_tokens == eos_id) | (state.cur_len + 1 >= max_length)
+
+    # Running beams for the next step: the best that did not end.
+    still_running = top_scores + ends * NEG_INF
+    next_scores, next_indices = jax.lax.top_k(still_running, beams)
+    running = _gather_beams(top_sequences, next_indices)
+    cache_rows = (_gather_beams(source_beam, next_indices)
+                  + jnp.arange(batch)[:, None] * beams).reshape(-1)
+
+    # Finished hypotheses: ended candidates among the first K, if they beat the kept ones.
+    just_finished = ends & (jnp.arange(candidates) < beams)[None, :]
+    # Generated tokens incl. this one; clamped so the discarded prefix branch stays finite.
+    generated = jnp.maximum(state.cur_len + 1 - prefix_len, 1).astype(jnp.float32)
+    penalised = top_scores / generated**length_penalty
+    penalised += (~state.improvable)[:, None] * NEG_INF + (~just_finished) * NEG_INF
+    merged_scores = jnp.concatenate([state.finished_scores, penalised], axis=1)
+    merged_sequences = jnp.concatenate([state.finished, top_sequences], axis=1)
+    merged_finished = jnp.concatenate([state.is_finished, just_finished], axis=1)
+    finished_scores, keep = jax.lax.top_k(merged_scores, beams)
+    is_finished = _gather_beams(merged_finished, keep)
+
+    # Could the best running beam still beat the worst kept hypothesis?
+    best_possible = next_scores[:, 0] / (generated**length_penalty)
+    worst_kept = jnp.where(is_finished, jnp.min(finished_scores, axis=1, keepdims=True), NEG_INF)
+    improvable = state.improvable & jnp.any(best_possible[:, None] > worst_kept, axis=1)
+    return state._replace(
+        running=running, running_scores=next_scores,
+        finished=_gather_beams(merged_sequences, keep), finished_scores=finished_scores,
+        is_finished=is_finished, improvable=improvable), cache_rows
+
+  def force_prefix(state: _State) -> _State:
+    """Writes the next prefix token in every beam; scores and flags unchanged."""
+    forced = jnp.take(prefix, jnp.minimum(state.cur_len, prefix_len - 1), axis=1)
+    return state._replace(running=state.running.at[:, :, state.cur_len].set(forced[:, None]))
+
+  def body(state: _State) -> _State:
+    position = state.cur_len - 1
+    tokens = state.running[:, :, position].reshape(batch * beams, 1)
+    logits, cache = step_fn(tokens, state.cache, position)
+    logits = logits.astype(jnp.float32).reshape(batch, beams, -1)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    state = state._replace(cache=cache)
+    if method == "beam":
+      free, cache_rows = beam_update(state, log_probs)
+      free = free._replace(cache=gather_cache_rows(cache, cache_rows))
+    else:
+      free = select_tokens(state, log_probs, logits)
+    in_prefix = state.cur_len < prefix_len
+    new_state = jax.tree.map(lambda f, p: jnp.where(in_prefix, p, f), free, force_prefix(state))
+    return new_state._replace(cur_len=state.cur_len + 1)
+
+  def keep_going(state: _State) -> jax.Array:
+    if method == "beam":
+      ended = ~jnp.any(state.improvable)
+    else:
+      ended = jnp.all(state.is_finished)
+    return (state.cur_len < max_length) & ~ended
+
+  state = jax.lax.while_loop(keep_going, body, state)
+  if method == "beam":
+    return DecodeOutput(state.finished[:, 0], state.finished_scores[:, 0])
+  return DecodeOutput(state.running[:, 0], state.running_scores[:, 0])
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "step_fn", "max_length", "eos_id", "pad_id", "method", "num_beams", "top_p", "top_k",
+    "temperature", "length_penalty"))
+def decode_jit(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length: int,
+               eos_id: int, pad_id: int, method: Method = "greedy", num_beams: int = 1,
+               top_p: float = 1.0, top_k: int = 0, temperature: float = 1.0,
+               length_penalty: float = 1.0, prompt_ids: jax.Array | None = None,
+               rng: jax.Array | None = None) -> DecodeOutput:
+  """`decode` under `jax.jit` (step_fn must be hashable, e.g. a module-level function)."""
+  return decode(step_fn, init_cache, bos_ids, max_length=max_length, eos_id=eos_id,
+                pad_id=pad_id, method=method, num_beams=num_beams, top_p=top_p, top_k=top_k,
+                temperature=temperature, length_penalty=length_penalty,
+                prompt_ids=prompt_ids, rng=rng)
