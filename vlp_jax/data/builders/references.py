@@ -36,20 +36,23 @@ def pick(options: Sequence[str], rng: np.random.Generator | None) -> str:
   return options[int(rng.integers(len(options)))] if rng is not None else options[0]
 
 
-def place_phrase(obj: SceneObject, rng: np.random.Generator | None = None) -> str:
-  """Where the object is on the 3x3 grid: "in the top left", "at the top", "in the middle", ..."""
+def place_phrases(obj: SceneObject) -> tuple[str, ...]:
+  """Ways to say where the object is on the 3x3 grid; the first is canonical ("in the top left")."""
   place = obj.place_name
   if obj.row != 1 and obj.column != 1:  # corner
-    options = (f"in the {place}", f"in the {place} corner", f"at the {place}")
-  elif obj.row != 1:  # top or bottom edge
+    return (f"in the {place}", f"in the {place} corner", f"at the {place}")
+  if obj.row != 1:  # top or bottom edge
     edge = place.split()[0]
-    options = (f"in the {place}", f"at the {edge}", f"in the {edge} middle")
-  elif obj.column != 1:  # left or right edge
+    return (f"in the {place}", f"at the {edge}", f"in the {edge} middle")
+  if obj.column != 1:  # left or right edge
     side = place.split()[1]
-    options = (f"in the {place}", f"at the middle {side}", f"in the middle of the {side} side")
-  else:
-    options = ("in the center", "in the middle", "at the center")
-  return pick(options, rng)
+    return (f"in the {place}", f"at the middle {side}", f"in the middle of the {side} side")
+  return ("in the center", "in the middle", "at the center")
+
+
+def place_phrase(obj: SceneObject, rng: np.random.Generator | None = None) -> str:
+  """A random (or without rng the canonical) phrase from `place_phrases`."""
+  return pick(place_phrases(obj), rng)
 
 
 def noun_phrase(obj: SceneObject, attributes: Attributes, determiner: str = "the",
