@@ -74,6 +74,14 @@ def _fit_spec(shape: tuple[int, ...], spec: PartitionSpec, mesh: Mesh) -> Partit
   return PartitionSpec(*fitted)
 
 
+def strip_boxes(tree: PyTree) -> PyTree:
+  """The values of `nn.Partitioned` (or other axis-metadata) boxes, with no constraints."""
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False)
+                      if isinstance(x, nn.Partitioned) else
+                      (x.unbox() if isinstance(x, nn.meta.AxisMetadata) else x),
+                      tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def tree_shardings(boxed_tree: PyTree, mesh: Mesh,
                    rules: Sequence[tuple[str, Any]]) -> PyTree:
   """NamedShardings for a (possibly `nn.Partitioned`-boxed, abstract) tree, unboxed structure.
@@ -81,7 +89,7 @@ def tree_shardings(boxed_tree: PyTree, mesh: Mesh,
   Leaves without logical names are replicated.
   """
   logical_specs = nn.get_partition_spec(boxed_tree)
-  shapes = nn.meta.unbox(boxed_tree)
+  shapes = strip_boxes(boxed_tree)
   mesh_specs = nn.logical_to_mesh(logical_specs, rules)
 
   def to_sharding(spec: Any, leaf: Any) -> NamedSharding:

@@ -34,7 +34,7 @@ def state_shardings(model: TrainableModel, tx: optax.GradientTransformation, mes
   boxed_params, boxed_extra = jax.eval_shape(model.init, jax.random.key(0))
   param_shardings = sharding_lib.tree_shardings(boxed_params, mesh, rules)
   extra_shardings = sharding_lib.tree_shardings(boxed_extra, mesh, rules)
-  abstract_params = nn.meta.unbox(boxed_params)
+  abstract_params = sharding_lib.strip_boxes(boxed_params)
   abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
   replicated = sharding_lib.replicated(mesh)
   opt_shardings = _follow_param_shardings(abstract_opt_state, abstract_params, param_shardings,
@@ -42,7 +42,7 @@ def state_shardings(model: TrainableModel, tx: optax.GradientTransformation, mes
   shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
                          extra_state=extra_shardings)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-                        opt_state=abstract_opt_state, extra_state=nn.meta.unbox(boxed_extra))
+                        opt_state=abstract_opt_state, extra_state=sharding_lib.strip_boxes(boxed_extra))
   abstract = jax.tree.map(
       lambda leaf, leaf_sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                                        sharding=leaf_sharding),
