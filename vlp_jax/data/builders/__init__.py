@@ -1,9 +1,10 @@
 """TFDS builders (`shapes`, `coco_format`), registered on import, and the `shapes` vocabulary."""
+from vlp_jax.data.builders.coco_format import CocoFormat, CocoFormatConfig, coco_format_config
 from vlp_jax.data.builders.shapes import Shapes, ShapesConfig, shapes_config
 from vlp_jax.data.builders.vocabulary import (COLOUR_NAMES, GRID_SIZE, MAX_OBJECTS, PLACE_NAMES, RELATION_NAMES,
                                               SHAPE_NAMES, SIZE_NAMES)
 
 __all__ = [
-    "Shapes", "ShapesConfig", "shapes_config",
+    "CocoFormat", "CocoFormatConfig", "coco_format_config", "Shapes", "ShapesConfig", "shapes_config",
     "COLOUR_NAMES", "GRID_SIZE", "MAX_OBJECTS", "PLACE_NAMES", "RELATION_NAMES", "SHAPE_NAMES", "SIZE_NAMES",
 ]
