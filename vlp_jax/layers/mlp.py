@@ -1,0 +1,71 @@
+"""Position-wise feed-forward network: Dense -> activation -> dropout -> Dense.
+
+Parameters (HF `Linear` weight W [D_out, D_in] converts as W.T):
+  fc1/kernel [D, M] (`embed`, `mlp`)   fc1/bias [M]
+  fc2/kernel [M, D] (`mlp`, `embed`)   fc2/bias [D]
+HF BERT/BLIP-text `intermediate.dense` -> fc1, `output.dense` -> fc2; HF ViT/BLIP-vision
+`mlp.fc1` -> fc1, `mlp.fc2` -> fc2.
+"""
+from collections.abc import Callable
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlp_jax.layers.common import (BATCH_LENGTH_EMBED, Array, Dtype, Initializer,
+                                   default_bias_init, default_kernel_init)
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact erf GELU (HF BERT/ViT)
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+  """The activation called `name` (see `ACTIVATIONS`); raises ValueError on unknown names."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+class MLP(nn.Module):
+  """[..., D] -> fc1 -> activation -> dropout -> fc2 -> [..., out_features or D].
+
+  Attributes:
+    hidden_dim: M, the inner width.
+    out_features: output width; defaults to the input width D.
+    activation: a name in `ACTIVATIONS` ("gelu" = exact erf GELU; "relu" for DETR).
+    dropout_rate: dropout after the activation.
+  """
+  hidden_dim: int
+  out_features: int | None = None
+  activation: str = "gelu"
+  dropout_rate: float = 0.0
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+  bias_init: Initializer = default_bias_init
+
+  @nn.compact
+  def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+    """x: [B, T, D] (any leading axes) -> [B, T, out_features or D]."""
+    out_features = self.out_features or x.shape[-1]
+    h = nn.Dense(
+        self.hidden_dim, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "mlp")),
+        bias_init=nn.with_logical_partitioning(self.bias_init, ("mlp",)), name="fc1")(x)
+    h = activation_fn(self.activation)(h)
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    y = nn.Dense(
+        out_features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", "embed")),
+        bias_init=nn.with_logical_partitioning(self.bias_init, ("embed",)), name="fc2")(h)
+    if y.ndim == 3:
+      y = nn.with_logical_constraint(y, BATCH_LENGTH_EMBED)
+    return y
