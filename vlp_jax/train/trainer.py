@@ -106,8 +106,13 @@ def _configure_host() -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
-          input_fn: InputFn = default_input_fn) -> TrainResult:
-  """Trains (or resumes) `config` in `workdir`; see the module docstring."""
+          input_fn: InputFn | None = None) -> TrainResult:
+  """Trains (or resumes) `config` in `workdir`; see the module docstring.
+
+  `input_fn` has the signature of `vlp_jax.data.pipeline.make_pipeline` (default:
+  `default_input_fn`, looked up at call time).
+  """
+  input_fn = input_fn or default_input_fn
   _configure_host()
   mesh_shape = validate_config(config, num_devices=jax.device_count(),
                                process_count=jax.process_count())
@@ -161,7 +166,8 @@ def _train_loop(config, model, state, train_step, train_rng, train_input, mesh, 
   last_values: dict[str, Any] = {}
   eval_values: dict[str, float] = {}
   saved_step = checkpointer.latest_step()
-  sync_every = config.log_every_steps
+  # Several processes agree on preemption through a collective, so only every log step.
+  sync_every = 1 if jax.process_count() == 1 else config.log_every_steps
 
   def settle() -> None:
     """Fetches the pending step's metrics, stops on non-finite terms, logs when due."""
