@@ -79,6 +79,8 @@ def test_config_names_are_distinct_per_size_and_round_trip():
   builder = tfds.builder("shapes", config="224px", train_size=8, data_dir="/tmp/unused")
   assert builder.builder_config.image_size == 224 and builder.builder_config.train_size == 8
   assert builder.builder_config.name == "224px_train8_validation1000_test1000"
+  by_name = tfds.builder("shapes/64px_train5_validation1_test1", data_dir="/tmp/unused")  # not built: from code
+  assert by_name.builder_config.split_sizes() == {"train": 5, "validation": 1, "test": 1}
   with pytest.raises(ValueError):
     shapes.parse_config_name("64 px")
 
@@ -146,9 +148,8 @@ def test_captions_name_every_object_and_vary():
 
 def test_captions_state_true_relations():
   checked = 0
-  for index in range(NUM_SCENES):
+  for index, objects in enumerate(scenes()):
     example = make_example(0, "test", index, 64)
-    objects = scenes(count=index + 1)[index]
     for caption in example["captions"]:
       for subject, relation, landmark in re.findall(
           r"\. The (.+?) is (to the left of|left of|to the right of|right of|above|over|below|under|beneath) "
@@ -264,3 +265,24 @@ def test_object_recall_scores_ground_truth_swaps_and_empty():
   assert mentioned_objects(b"three blue squares") == {blue_square: 3}
   scores = batch_object_recall(["a red circle", "a blue square"], [scene, scene])
   np.testing.assert_allclose(scores, [0.5, 0.5])
+
+
+# Command line.
+
+def test_build_cli_reuses_a_build_and_reports_a_summary(shapes_data_dir, capsys):
+  from vlp_jax.data.builders import build
+
+  summary = build.main(["--dataset", "shapes", "--config", "64px", "--data_dir", shapes_data_dir,
+                        "--train_size", "256", "--validation_size", "64", "--test_size", "64"])
+  assert summary.name == f"shapes/{FIXTURE_CONFIG}" and summary.build_seconds == 0.0
+  assert summary.examples_per_split == {"train": 256, "validation": 64, "test": 64}
+  assert 0.0 <= summary.description_collision_fraction < 0.2
+  assert '"examples_per_split"' in capsys.readouterr().out
+
+
+def test_build_cli_builds_a_fresh_tiny_split(tmp_path):
+  from vlp_jax.data.builders import build
+
+  summary = build.build("shapes", str(tmp_path), train_size=6, validation_size=2, test_size=3, seed=7)
+  assert summary.name == "shapes/64px_train6_validation2_test3_seed7" and summary.build_seconds > 0
+  assert summary.examples_per_split == {"train": 6, "validation": 2, "test": 3}
