@@ -38,7 +38,8 @@ def coco_root(tmp_path):
                   for i in range(1, 6)]
   _write_json(root / "annotations" / "captions_train2017.json", {
       "images": train_images,
-      "annotations": [{"id": 100 + 10 * image_id + i, "image_id": image_id, "caption": f"caption {i} of image {image_id}"}
+      "annotations": [{"id": 100 + 10 * image_id + i, "image_id": image_id,
+                       "caption": f"caption {i} of image {image_id}"}
                       for image_id in (1, 2, 3, 5) for i in range(2)] + [
                           {"id": 200, "image_id": 4, "caption": "   "}]})
   _write_json(root / "annotations" / "captions_val2017.json", {

@@ -155,7 +155,8 @@ def test_captions_state_true_relations():
           r"\. The (.+?) is (to the left of|left of|to the right of|right of|above|over|below|under|beneath) "
           r"the (.+?)\.$", caption):
         first, second = _resolve_synonyms(subject, objects), _resolve_synonyms(landmark, objects)
-        delta_row, delta_column = objects[first].row - objects[second].row, objects[first].column - objects[second].column
+        delta_row = objects[first].row - objects[second].row
+        delta_column = objects[first].column - objects[second].column
         holds = {"left": delta_column < 0, "right": delta_column > 0, "above": delta_row < 0, "over": delta_row < 0,
                  "below": delta_row > 0, "under": delta_row > 0, "beneath": delta_row > 0}
         assert holds[relation.split()[-2] if "of" in relation else relation], caption

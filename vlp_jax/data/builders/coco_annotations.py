@@ -96,11 +96,12 @@ def _karpathy_records(karpathy: dict) -> dict[str, list[ImageRecord]]:
     folders = [image["filepath"]] if image.get("filepath") else []
     splits[split].append(ImageRecord(
         image_id=image_id, file_name=image["filename"], image_dirs=folders + ["images", ""],
-        captions=[sentence["raw"].strip() for sentence in image.get("sentences", []) if sentence.get("raw", "").strip()]))
+        captions=[text for text in (s.get("raw", "").strip() for s in image.get("sentences", [])) if text]))
   return splits
 
 
-def _caption_file_records(caption_files: dict[str, str], instance_files: dict[str, str]) -> dict[str, list[ImageRecord]]:
+def _caption_file_records(caption_files: dict[str, str],
+                          instance_files: dict[str, str]) -> dict[str, list[ImageRecord]]:
   """Images listed in captions_<name>.json (or, without one, instances_<name>.json) per split."""
   splits: dict[str, list[ImageRecord]] = collections.defaultdict(list)
   for name in sorted(set(caption_files) | set(instance_files)):

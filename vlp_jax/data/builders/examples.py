@@ -11,6 +11,7 @@ from vlp_jax.data.builders.scenes import draw_scene, encode_jpeg, sample_scene
 
 SPLIT_CODES = {"train": 1, "validation": 2, "test": 3}
 _IMAGE_ID_STRIDE = 1_000_000_000  # image_id = split code * stride + index
+CAPTIONS_PER_IMAGE = 5
 
 
 def image_id(split: str, index: int) -> int:
@@ -26,7 +27,7 @@ def example_streams(seed: int, split: str, index: int) -> list[np.random.Generat
   return [np.random.default_rng(child) for child in sequence.spawn(4)]
 
 
-def make_example(seed: int, split: str, index: int, image_size: int, captions_per_image: int = 5) -> dict[str, Any]:
+def make_example(seed: int, split: str, index: int, image_size: int) -> dict[str, Any]:
   """The example for (seed, split, index); the same arguments always give the same bytes."""
   scene_rng, pixel_rng, caption_rng, question_rng = example_streams(seed, split, index)
   objects = sample_scene(scene_rng)
@@ -35,7 +36,7 @@ def make_example(seed: int, split: str, index: int, image_size: int, captions_pe
   return {
       "image": image,
       "image_id": image_id(split, index),
-      "captions": captions(objects, caption_rng, captions_per_image),
+      "captions": captions(objects, caption_rng, CAPTIONS_PER_IMAGE),
       "objects": [{"bbox": tfds.features.BBox(*obj.bbox), "label": obj.shape, "colour": obj.colour,
                    "size": obj.size} for obj in objects],
       "questions": [{"question": q.question, "answers": annotator_answers(q, question_rng), "type": q.type}

@@ -33,7 +33,6 @@ class ShapesConfig(tfds.core.BuilderConfig):
   validation_size: int = _DEFAULT_SIZES["validation_size"]
   test_size: int = _DEFAULT_SIZES["test_size"]
   seed: int = 0
-  captions_per_image: int = 5
 
   def split_sizes(self) -> dict[str, int]:
     return {"train": self.train_size, "validation": self.validation_size, "test": self.test_size}
@@ -131,4 +130,4 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, size: int) -> Iterator[tuple[int, dict[str, Any]]]:
     config = self.builder_config
     for index in range(size):
-      yield index, make_example(config.seed, split, index, config.image_size, config.captions_per_image)
+      yield index, make_example(config.seed, split, index, config.image_size)
