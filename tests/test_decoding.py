@@ -242,3 +242,57 @@ def test_decode_jit_entry_point():
                             max_length=8, eos_id=EOS, pad_id=PAD, method="beam", num_beams=2)
   assert out.sequences.shape == (2, 8) and out.scores.shape == (2,)
   np.testing.assert_array_equal(out.sequences[:, 0], [BOS, BOS])
+
+
+def _after_first_eos_as_pad(sequences: np.ndarray, prefix_len: int) -> np.ndarray:
+  """HF fills finished beams with eos when pad_id is 0 (`pad or eos`); map that fill to pad."""
+  out = sequences.copy()
+  for row in out:
+    ends = np.flatnonzero(row[prefix_len:] == EOS)
+    if len(ends):
+      row[prefix_len + ends[0] + 1:] = PAD
+  return out
+
+
+def test_parity_with_transformers_generate_on_tiny_gpt2():
+  """Greedy and num_beams=3 with a prompt against HF generate; torch runs in a pure_callback
+  over the token history kept in the cache, so the cache reordering is exercised too."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  vocab, max_length = 12, 10
+  torch.manual_seed(2)   # a seed where beams end with eos and beat greedy with longer output
+  config = transformers.GPT2Config(vocab_size=vocab, n_positions=16, n_embd=16, n_layer=2,
+                                   n_head=2, bos_token_id=BOS, eos_token_id=EOS,
+                                   pad_token_id=PAD, initializer_range=0.5)
+  model = transformers.GPT2LMHeadModel(config).eval()
+
+  def torch_logits(history, position):
+    with torch.no_grad():
+      ids = torch.from_numpy(np.asarray(history)[:, :int(position) + 1].astype(np.int64))
+      return model(ids).logits[:, -1].float().numpy()
+
+  def step_fn(tokens, cache, position):
+    history = cache["history"].at[:, position].set(tokens[:, 0])
+    logits = jax.pure_callback(
+        torch_logits, jax.ShapeDtypeStruct((tokens.shape[0], vocab), jnp.float32), history, position)
+    return logits, {"history": history}
+
+  prompt = np.array([[5, 7], [9, 3], [4, 4]])
+  input_ids = torch.tensor(np.concatenate([np.full((3, 1), BOS), prompt], axis=1))
+  for method, num_beams in (("greedy", 1), ("beam", 3)):
+    with torch.no_grad():
+      reference = model.generate(
+          input_ids, attention_mask=torch.ones_like(input_ids), max_length=max_length,
+          num_beams=num_beams, do_sample=False, eos_token_id=EOS, pad_token_id=PAD,
+          length_penalty=1.0, early_stopping=False, return_dict_in_generate=True,
+          output_scores=True)
+    out = jax.jit(functools.partial(
+        decoding.decode, step_fn, max_length=max_length, eos_id=EOS, pad_id=PAD, method=method,
+        num_beams=num_beams, prompt_ids=jnp.asarray(prompt)))(
+            {"history": jnp.zeros((3, max_length), jnp.int32)}, jnp.full((3,), BOS, jnp.int32))
+    expected = _after_first_eos_as_pad(reference.sequences.numpy(), prefix_len=3)
+    sequences = np.asarray(out.sequences)
+    np.testing.assert_array_equal(sequences[:, :expected.shape[1]], expected)
+    assert (sequences[:, expected.shape[1]:] == PAD).all()
+    if method == "beam":
+      np.testing.assert_allclose(out.scores, reference.sequences_scores.numpy(), rtol=1e-5)
