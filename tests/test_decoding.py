@@ -236,6 +236,20 @@ def test_cache_helpers_tile_and_gather_rows():
   np.testing.assert_array_equal(gathered["key"][:, 0], [3, 3, 0, 0])
 
 
+def test_invalid_arguments_are_rejected():
+  chain = ToyChain.random(0, vocab=4, max_length=4)
+  bos = jnp.array([BOS])
+  with pytest.raises(ValueError):
+    decoding.decode(chain.step_fn, chain.init_cache(1), bos, max_length=4, eos_id=EOS,
+                    pad_id=PAD, method="sample")   # no rng
+  with pytest.raises(ValueError):
+    decoding.decode(chain.step_fn, chain.init_cache(1), bos, max_length=4, eos_id=EOS,
+                    pad_id=PAD, num_beams=3)   # beams without method='beam'
+  with pytest.raises(ValueError):
+    decoding.decode(chain.step_fn, chain.init_cache(1), bos, max_length=3, eos_id=EOS,
+                    pad_id=PAD, prompt_ids=jnp.array([[3, 3]]))   # no room left
+
+
 def test_decode_jit_entry_point():
   chain = ToyChain.random(6, vocab=6, max_length=8)
   out = decoding.decode_jit(chain.step_fn, chain.init_cache(2), jnp.array([BOS, BOS]),

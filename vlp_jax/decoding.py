@@ -118,6 +118,8 @@ def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length
   """
   if method not in ("greedy", "beam", "sample"):
     raise ValueError(f"unknown decoding method {method!r}")
+  if num_beams > 1 and method != "beam":
+    raise ValueError(f"num_beams={num_beams} needs method='beam'")
   if method == "sample" and rng is None:
     raise ValueError("sampling needs an rng key")
   batch = bos_ids.shape[0]
@@ -178,7 +180,7 @@ def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length
 
     # Finished hypotheses: ended candidates among the first K, if they beat the kept ones.
     just_finished = ends & (jnp.arange(candidates) < beams)[None, :]
-    # Generated tokens incl. this one; clamped so the discarded prefix branch stays finite.
+    # Generated tokens (after the prefix), this one included.
     generated = jnp.maximum(state.cur_len + 1 - prefix_len, 1).astype(jnp.float32)
     penalised = top_scores / generated**length_penalty
     penalised += (~state.improvable)[:, None] * NEG_INF + (~just_finished) * NEG_INF
@@ -209,13 +211,14 @@ def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length
     logits = logits.astype(jnp.float32).reshape(batch, beams, -1)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     state = state._replace(cache=cache)
-    if method == "beam":
-      free, cache_rows = beam_update(state, log_probs)
-      free = free._replace(cache=gather_cache_rows(cache, cache_rows))
-    else:
-      free = select_tokens(state, log_probs, logits)
-    in_prefix = state.cur_len < prefix_len
-    new_state = jax.tree.map(lambda f, p: jnp.where(in_prefix, p, f), free, force_prefix(state))
+
+    def free_step(state: _State) -> _State:
+      if method != "beam":
+        return select_tokens(state, log_probs, logits)
+      state, cache_rows = beam_update(state, log_probs)
+      return state._replace(cache=gather_cache_rows(state.cache, cache_rows))
+
+    new_state = jax.lax.cond(state.cur_len < prefix_len, force_prefix, free_step, state)
     return new_state._replace(cur_len=state.cur_len + 1)
 
   def keep_going(state: _State) -> jax.Array:
