@@ -1,4 +1,5 @@
 """Shared helpers for the trainer tests: tiny toy configs, runs in subprocesses, metrics."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -6,24 +7,25 @@ from typing import Any
 
 import ml_collections
 
-from vlp_jax.train import config as config_lib
 from vlp_jax.train import metrics as metrics_lib
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
+TINY_OVERRIDES = {
+    "global_batch_size": 16, "total_steps": 20, "log_every_steps": 1,
+    "checkpoint_every_steps": 10, "eval_every_steps": 0, "data.eval_examples": 64,
+}
+
+
 def tiny_toy_config(**overrides: Any) -> ml_collections.ConfigDict:
-  """The toy family's tiny variant with fast settings: log every step, no async saves."""
-  config = config_lib.run_config("toy", "tiny")
-  config.global_batch_size = 16
-  config.total_steps = 20
-  config.log_every_steps = 1
-  config.checkpoint_every_steps = 10
-  config.optimizer.learning_rate = 3e-3
-  config.optimizer.warmup_steps = 5
-  config.optimizer.weight_decay = 1e-4
-  config.data.eval_examples = 64
-  for field, value in overrides.items():
+  """`configs/toy.py:tiny` with `TINY_OVERRIDES` and `overrides` ('a.b' keys allowed)."""
+  spec = importlib.util.spec_from_file_location("toy_config",
+                                                os.path.join(REPO_ROOT, "configs", "toy.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  for field, value in {**TINY_OVERRIDES, **overrides}.items():
     target = config
     *parents, name = field.split(".")
     for parent in parents:
@@ -32,12 +34,25 @@ def tiny_toy_config(**overrides: Any) -> ml_collections.ConfigDict:
   return config
 
 
+def override_flags(**overrides: Any) -> list[str]:
+  """The `--config.<field>=<value>` flags giving `tiny_toy_config(**overrides)` from the CLI."""
+  return [f"--config.{field}={value}" for field, value in {**TINY_OVERRIDES, **overrides}.items()]
+
+
 def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 240,
                cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
   """Runs `python -c code` with this interpreter; returns the completed process."""
   full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu", **(env or {})}
   return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True,
                         text=True, timeout=timeout, check=False)
+
+
+def run_module(module: str, args: list[str], *, env: dict[str, str] | None = None,
+               timeout: int = 240) -> subprocess.CompletedProcess:
+  """Runs `python -m module args...` from the repository root."""
+  full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu", **(env or {})}
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=full_env,
+                        capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def train_records(workdir: str) -> dict[int, dict[str, Any]]:
