@@ -19,17 +19,20 @@ token per row. The loop is a `lax.while_loop` that stops early once every row ha
 Semantics follow Hugging Face `transformers`:
 - greedy: argmax (ties to the lowest id); after eos a row is padded with `pad_id`.
 - sample: logits / temperature, then top-k, then top-p (the smallest set of most probable
-  tokens whose probability reaches top_p, at least one), then a categorical draw.
+  tokens whose probability reaches top_p, at least one), then a categorical draw. HF's
+  `generate(do_sample=True)` also applies top_k=50 by default: pass top_k=50 to match it.
 - beam: HF's vectorised beam search with `early_stopping=False`: 2 * num_beams candidates per
   step, candidates ending in eos (or reaching max_length) among the first num_beams become
   finished hypotheses scored `sum log p / generated_length ** length_penalty` (generated
   length counts eos, not bos or prompt), the best num_beams running ones go on, and the loop
   stops once no running beam can beat the worst kept hypothesis. HF dispatches num_beams=1
   to greedy; here `method='beam', num_beams=1` runs the beam rules (equal to greedy when
-  length_penalty=0).
+  length_penalty=0). HF fills finished beams with eos instead of pad when pad_id is 0
+  (`pad or eos` in its code); we always fill with pad_id.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Literal, NamedTuple
 
@@ -91,13 +94,119 @@ class _State(NamedTuple):
   """Loop state; K = beams per example (1 for greedy / sampling)."""
   cur_len: jax.Array             # () tokens written so far in every row
   running: jax.Array             # [B, K, L] running sequences
-  running_scores: jax.Array      # [B, K] summed log-probs (beam) / generated log-probs
-  finished: jax.Array            # [B, K, L] best finished hypotheses (beam) or unused
-  finished_scores: jax.Array     # [B, K] their penalised scores
-  is_finished: jax.Array         # [B, K] (beam: hypothesis slot filled; else: row ended)
+  running_scores: jax.Array      # [B, K] summed log-probs of the running sequences
+  finished: jax.Array            # [B, K, L] beam: best finished hypotheses
+  finished_scores: jax.Array     # [B, K] beam: their penalised scores
+  is_finished: jax.Array         # [B, K] beam: hypothesis slot filled; else: row ended
   improvable: jax.Array          # [B] beam: a running beam may still beat the finished ones
   cache: Cache
   rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """The static choices of one decode call."""
+  method: Method
+  beams: int
+  max_length: int
+  prefix_len: int
+  eos_id: int
+  pad_id: int
+  top_p: float
+  top_k: int
+  temperature: float
+  length_penalty: float
+
+
+def _token_step(settings: _Settings, state: _State, logits: jax.Array,
+                log_probs: jax.Array) -> _State:
+  """Greedy / sampling: one token per row; logits, log_probs [B, 1, V]."""
+  rng, sample_rng = jax.random.split(state.rng)
+  if settings.method == "greedy":
+    tokens = jnp.argmax(logits[:, 0], axis=-1)
+  else:
+    warped = process_logits_for_sampling(logits[:, 0], settings.temperature, settings.top_k,
+                                         settings.top_p)
+    tokens = jax.random.categorical(sample_rng, warped, axis=-1)
+  done = state.is_finished[:, 0]
+  tokens = jnp.where(done, settings.pad_id, tokens).astype(jnp.int32)
+  token_log_prob = jnp.take_along_axis(log_probs[:, 0], tokens[:, None], axis=-1)[:, 0]
+  scores = state.running_scores[:, 0] + jnp.where(done, 0.0, token_log_prob)
+  return state._replace(
+      running=state.running.at[:, 0, state.cur_len].set(tokens),
+      running_scores=scores[:, None], is_finished=(done | (tokens == settings.eos_id))[:, None],
+      rng=rng)
+
+
+def _beam_step(settings: _Settings, state: _State, log_probs: jax.Array) -> _State:
+  """One HF beam-search step, cache reordered; log_probs [B, K, V]."""
+  batch, beams, vocab = log_probs.shape
+  total = (log_probs + state.running_scores[:, :, None]).reshape(batch, beams * vocab)
+  top_scores, top_indices = jax.lax.top_k(total, 2 * beams)
+  source_beam = top_indices // vocab
+  top_tokens = (top_indices % vocab).astype(jnp.int32)
+  top_sequences = _gather_beams(state.running, source_beam)
+  top_sequences = top_sequences.at[:, :, state.cur_len].set(top_tokens)
+  ends = (top_tokens == settings.eos_id) | (state.cur_len + 1 >= settings.max_length)
+
+  # Running beams for the next step: the best candidates that did not end.
+  next_scores, next_indices = jax.lax.top_k(top_scores + ends * NEG_INF, beams)
+  cache_rows = (_gather_beams(source_beam, next_indices)
+                + jnp.arange(batch)[:, None] * beams).reshape(-1)
+
+  # Finished hypotheses: ended candidates among the first K, kept if they beat the others.
+  just_finished = ends & (jnp.arange(2 * beams) < beams)[None, :]
+  generated = (state.cur_len + 1 - settings.prefix_len).astype(jnp.float32)
+  length_norm = generated**settings.length_penalty
+  penalised = (top_scores / length_norm + (~state.improvable)[:, None] * NEG_INF
+               + (~just_finished) * NEG_INF)
+  merged_scores = jnp.concatenate([state.finished_scores, penalised], axis=1)
+  finished_scores, keep = jax.lax.top_k(merged_scores, beams)
+  finished = _gather_beams(jnp.concatenate([state.finished, top_sequences], axis=1), keep)
+  is_finished = _gather_beams(jnp.concatenate([state.is_finished, just_finished], axis=1), keep)
+
+  # HF's early-stop heuristic: can the best running beam still beat the worst kept one?
+  worst_kept = jnp.where(is_finished, jnp.min(finished_scores, axis=1, keepdims=True), NEG_INF)
+  improvable = state.improvable & jnp.any(
+      (next_scores[:, :1] / length_norm) > worst_kept, axis=1)
+  return state._replace(
+      running=_gather_beams(top_sequences, next_indices), running_scores=next_scores,
+      finished=finished, finished_scores=finished_scores, is_finished=is_finished,
+      improvable=improvable, cache=gather_cache_rows(state.cache, cache_rows))
+
+
+def _force_prefix(prefix: jax.Array, state: _State) -> _State:
+  """Writes prefix [B, P+1] token `cur_len` into every beam; scores and flags unchanged."""
+  forced = jnp.take(prefix, jnp.minimum(state.cur_len, prefix.shape[1] - 1), axis=1)
+  return state._replace(running=state.running.at[:, :, state.cur_len].set(forced[:, None]))
+
+
+def _decode_step(step_fn: StepFn, settings: _Settings, prefix: jax.Array,
+                 state: _State) -> _State:
+  """Feeds the last token of every row to the model and writes the next one."""
+  batch, beams = state.running_scores.shape
+  position = state.cur_len - 1
+  tokens = state.running[:, :, position].reshape(batch * beams, 1)
+  logits, cache = step_fn(tokens, state.cache, position)
+  logits = logits.astype(jnp.float32).reshape(batch, beams, -1)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+
+  def free_step(state: _State) -> _State:
+    if settings.method == "beam":
+      return _beam_step(settings, state, log_probs)
+    return _token_step(settings, state, logits, log_probs)
+
+  state = jax.lax.cond(state.cur_len < settings.prefix_len, functools.partial(_force_prefix, prefix),
+                       free_step, state._replace(cache=cache))
+  return state._replace(cur_len=state.cur_len + 1)
+
+
+def _keep_going(settings: _Settings, state: _State) -> jax.Array:
+  if settings.method == "beam":
+    ended = ~jnp.any(state.improvable)
+  else:
+    ended = jnp.all(state.is_finished)
+  return (state.cur_len < settings.max_length) & ~ended
 
 
 def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length: int,
@@ -124,16 +233,18 @@ def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length
     raise ValueError("sampling needs an rng key")
   batch = bos_ids.shape[0]
   beams = num_beams if method == "beam" else 1
-  prefix = bos_ids.astype(jnp.int32)[:, None]
+  prefix = jnp.asarray(bos_ids, jnp.int32)[:, None]
   if prompt_ids is not None:
-    prompt = jnp.broadcast_to(jnp.asarray(prompt_ids, jnp.int32), (batch, jnp.shape(prompt_ids)[-1]))
-    prefix = jnp.concatenate([prefix, prompt], axis=1)
-  prefix_len = prefix.shape[1]
-  if prefix_len >= max_length:
-    raise ValueError(f"max_length {max_length} leaves no room after {prefix_len} prefix tokens")
+    prompt = jnp.asarray(prompt_ids, jnp.int32)
+    prefix = jnp.concatenate([prefix, jnp.broadcast_to(prompt, (batch, prompt.shape[-1]))], axis=1)
+  if prefix.shape[1] >= max_length:
+    raise ValueError(f"max_length {max_length} leaves no room after {prefix.shape[1]} prefix tokens")
+  settings = _Settings(method=method, beams=beams, max_length=max_length,
+                       prefix_len=prefix.shape[1], eos_id=eos_id, pad_id=pad_id, top_p=top_p,
+                       top_k=top_k, temperature=temperature, length_penalty=length_penalty)
 
   running = jnp.full((batch, beams, max_length), pad_id, jnp.int32)
-  running = running.at[:, :, :prefix_len].set(prefix[:, None, :])
+  running = running.at[:, :, :prefix.shape[1]].set(prefix[:, None, :])
   # Only the first beam is live at the start, so beams do not pick identical tokens.
   running_scores = jnp.zeros((batch, beams), jnp.float32).at[:, 1:].set(NEG_INF)
   state = _State(
@@ -142,93 +253,8 @@ def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length
       is_finished=jnp.zeros((batch, beams), bool), improvable=jnp.ones((batch,), bool),
       cache=tile_cache_for_beams(init_cache, beams) if beams > 1 else init_cache,
       rng=rng if rng is not None else jax.random.PRNGKey(0))
-
-  def select_tokens(state: _State, log_probs: jax.Array, logits: jax.Array) -> _State:
-    """Greedy / sampling update; log_probs, logits [B, 1, V]."""
-    rng, sample_rng = jax.random.split(state.rng)
-    if method == "greedy":
-      tokens = jnp.argmax(logits[:, 0], axis=-1)
-    else:
-      warped = process_logits_for_sampling(logits[:, 0], temperature, top_k, top_p)
-      tokens = jax.random.categorical(sample_rng, warped, axis=-1)
-    done = state.is_finished[:, 0]
-    tokens = jnp.where(done, pad_id, tokens).astype(jnp.int32)
-    token_log_prob = jnp.take_along_axis(log_probs[:, 0], tokens[:, None], axis=-1)[:, 0]
-    scores = state.running_scores[:, 0] + jnp.where(done, 0.0, token_log_prob)
-    running = state.running.at[:, 0, state.cur_len].set(tokens)
-    return state._replace(running=running, running_scores=scores[:, None],
-                          is_finished=(done | (tokens == eos_id))[:, None], rng=rng)
-
-  def beam_update(state: _State, log_probs: jax.Array) -> tuple[_State, jax.Array]:
-    """One HF beam-search step; log_probs [B, K, V]. Returns the state and cache rows."""
-    vocab = log_probs.shape[-1]
-    candidates = 2 * beams
-    total = (log_probs + state.running_scores[:, :, None]).reshape(batch, beams * vocab)
-    top_scores, top_indices = jax.lax.top_k(total, candidates)
-    source_beam = top_indices // vocab
-    top_tokens = (top_indices % vocab).astype(jnp.int32)
-    top_sequences = _gather_beams(state.running, source_beam)
-    top_sequences = top_sequences.at[:, :, state.cur_len].set(top_tokens)
-    ends = (top_tokens == eos_id) | (state.cur_len + 1 >= max_length)
-
-    # Running beams for the next step: the best that did not end.
-    still_running = top_scores + ends * NEG_INF
-    next_scores, next_indices = jax.lax.top_k(still_running, beams)
-    running = _gather_beams(top_sequences, next_indices)
-    cache_rows = (_gather_beams(source_beam, next_indices)
-                  + jnp.arange(batch)[:, None] * beams).reshape(-1)
-
-    # Finished hypotheses: ended candidates among the first K, if they beat the kept ones.
-    just_finished = ends & (jnp.arange(candidates) < beams)[None, :]
-    # Generated tokens (after the prefix), this one included.
-    generated = jnp.maximum(state.cur_len + 1 - prefix_len, 1).astype(jnp.float32)
-    penalised = top_scores / generated**length_penalty
-    penalised += (~state.improvable)[:, None] * NEG_INF + (~just_finished) * NEG_INF
-    merged_scores = jnp.concatenate([state.finished_scores, penalised], axis=1)
-    merged_sequences = jnp.concatenate([state.finished, top_sequences], axis=1)
-    merged_finished = jnp.concatenate([state.is_finished, just_finished], axis=1)
-    finished_scores, keep = jax.lax.top_k(merged_scores, beams)
-    is_finished = _gather_beams(merged_finished, keep)
-
-    # Could the best running beam still beat the worst kept hypothesis?
-    best_possible = next_scores[:, 0] / (generated**length_penalty)
-    worst_kept = jnp.where(is_finished, jnp.min(finished_scores, axis=1, keepdims=True), NEG_INF)
-    improvable = state.improvable & jnp.any(best_possible[:, None] > worst_kept, axis=1)
-    return state._replace(
-        running=running, running_scores=next_scores,
-        finished=_gather_beams(merged_sequences, keep), finished_scores=finished_scores,
-        is_finished=is_finished, improvable=improvable), cache_rows
-
-  def force_prefix(state: _State) -> _State:
-    """Writes the next prefix token in every beam; scores and flags unchanged."""
-    forced = jnp.take(prefix, jnp.minimum(state.cur_len, prefix_len - 1), axis=1)
-    return state._replace(running=state.running.at[:, :, state.cur_len].set(forced[:, None]))
-
-  def body(state: _State) -> _State:
-    position = state.cur_len - 1
-    tokens = state.running[:, :, position].reshape(batch * beams, 1)
-    logits, cache = step_fn(tokens, state.cache, position)
-    logits = logits.astype(jnp.float32).reshape(batch, beams, -1)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    state = state._replace(cache=cache)
-
-    def free_step(state: _State) -> _State:
-      if method != "beam":
-        return select_tokens(state, log_probs, logits)
-      state, cache_rows = beam_update(state, log_probs)
-      return state._replace(cache=gather_cache_rows(state.cache, cache_rows))
-
-    new_state = jax.lax.cond(state.cur_len < prefix_len, force_prefix, free_step, state)
-    return new_state._replace(cur_len=state.cur_len + 1)
-
-  def keep_going(state: _State) -> jax.Array:
-    if method == "beam":
-      ended = ~jnp.any(state.improvable)
-    else:
-      ended = jnp.all(state.is_finished)
-    return (state.cur_len < max_length) & ~ended
-
-  state = jax.lax.while_loop(keep_going, body, state)
+  state = jax.lax.while_loop(functools.partial(_keep_going, settings),
+                             functools.partial(_decode_step, step_fn, settings, prefix), state)
   if method == "beam":
     return DecodeOutput(state.finished[:, 0], state.finished_scores[:, 0])
   return DecodeOutput(state.running[:, 0], state.running_scores[:, 0])
