@@ -51,7 +51,7 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
 
 
 class WindowTimer:
-  """Wall time and input-wait time since the last `reset`."""
+  """Wall time and time spent waiting for input since the last `reset` (a logging window)."""
 
   def __init__(self) -> None:
     self.reset()
@@ -59,15 +59,14 @@ class WindowTimer:
   def reset(self) -> None:
     self.start = time.perf_counter()
     self.input_seconds = 0.0
-    self.steps = 0
 
-  def add_step(self, input_seconds: float) -> None:
-    self.input_seconds += input_seconds
-    self.steps += 1
+  def add_input_wait(self, seconds: float) -> None:
+    self.input_seconds += seconds
 
-  def rates(self, examples_per_step: int) -> dict[str, float]:
+  def rates(self, num_steps: int, examples_per_step: int) -> dict[str, float]:
+    """steps_per_s, examples_per_s and input_wait_fraction of the window's `num_steps` steps."""
     elapsed = max(time.perf_counter() - self.start, 1e-9)
-    steps_per_s = self.steps / elapsed
+    steps_per_s = num_steps / elapsed
     return {"steps_per_s": steps_per_s, "examples_per_s": steps_per_s * examples_per_step,
             "input_wait_fraction": min(self.input_seconds / elapsed, 1.0)}
 

@@ -162,6 +162,7 @@ def _train_loop(config, model, state, train_step, train_rng, train_input, mesh, 
                 writer, preemption, input_fn, start_step) -> TrainResult:
   step = start_step
   timer = metrics_lib.WindowTimer()
+  last_logged_step = start_step
   pending: tuple[int, Any] | None = None  # the latest step's metrics, still on device
   last_values: dict[str, Any] = {}
   eval_values: dict[str, float] = {}
@@ -171,19 +172,22 @@ def _train_loop(config, model, state, train_step, train_rng, train_input, mesh, 
 
   def settle() -> None:
     """Fetches the pending step's metrics, stops on non-finite terms, logs when due."""
-    nonlocal pending, last_values
+    nonlocal pending, last_values, last_logged_step
     if pending is None:
       return
     pending_step, device_metrics = pending
     pending = None
-    values = metrics_lib.to_python(jax.device_get(device_metrics))
-    bad_term = metrics_lib.first_non_finite(values)
+    host_metrics = jax.device_get(device_metrics)
+    values = metrics_lib.to_python(host_metrics)
+    bad_term = metrics_lib.first_non_finite(host_metrics)
     if bad_term is not None:
       raise NonFiniteLossError(pending_step, bad_term, values)
     last_values = values
     writer.advance(pending_step)
     if pending_step % config.log_every_steps == 0 or pending_step == config.total_steps:
-      writer.write(pending_step, {**values, **timer.rates(config.global_batch_size)})
+      rates = timer.rates(pending_step - last_logged_step, config.global_batch_size)
+      writer.write(pending_step, {**values, **rates})
+      last_logged_step = pending_step
       timer.reset()
 
   def save(at_step: int) -> None:
@@ -194,12 +198,14 @@ def _train_loop(config, model, state, train_step, train_rng, train_input, mesh, 
       saved_step = at_step
 
   def evaluate(at_step: int) -> dict[str, float]:
+    nonlocal last_logged_step
     settle()
     results = evaluation.run_evaluators(model, config, state.params, state.extra_state, mesh,
                                         input_fn)
     if results:
       writer.write(at_step, results)
-    timer.reset()
+    timer.reset()  # evaluation time is not training time
+    last_logged_step = at_step
     return results
 
   while step < config.total_steps:
@@ -212,12 +218,11 @@ def _train_loop(config, model, state, train_step, train_rng, train_input, mesh, 
                            eval_metrics=eval_values)
     input_start = time.perf_counter()
     batch = sharding_lib.global_batch(next(train_input), mesh)
-    input_seconds = time.perf_counter() - input_start
+    timer.add_input_wait(time.perf_counter() - input_start)
     state, device_metrics = train_step(state, batch, train_rng)
     step += 1
     settle()  # the previous step's metrics: one step of lag keeps the device busy
     pending = (step, device_metrics)
-    timer.add_step(input_seconds)
     if step % config.checkpoint_every_steps == 0:
       save(step)
     if config.eval_every_steps and step % config.eval_every_steps == 0 and (
