@@ -81,6 +81,12 @@ def _score_pairs_in_batches(score_pairs: PairScoreFn, image_indices: np.ndarray,
   return np.concatenate(chunks) if chunks else np.zeros((0,), np.float32)
 
 
+def _top_k_columns(scores: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+  """Column indices [Q, k] of each row's k best scores, ties by index (row chunks)."""
+  return np.concatenate([np.argsort(-scores[s:s + chunk], axis=1, kind="stable")[:, :k]
+                         for s in range(0, scores.shape[0], chunk)])
+
+
 def rerank_with_itm(itc_scores: np.ndarray, score_pairs: PairScoreFn, *, k: int = 128,
                     batch_size: int = 128, fill: float = RERANK_FILL
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -97,12 +103,11 @@ def rerank_with_itm(itc_scores: np.ndarray, score_pairs: PairScoreFn, *, k: int 
   """
   itc_scores = np.asarray(itc_scores, np.float32)
   results = []
-  for scores in (itc_scores, itc_scores.T):
-    num_queries, num_candidates = scores.shape
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :min(k, num_candidates)]
-    queries = np.repeat(np.arange(num_queries), top.shape[1])
+  for queries_are_images, scores in ((True, itc_scores), (False, itc_scores.T)):
+    top = _top_k_columns(scores, min(k, scores.shape[1]))
+    queries = np.repeat(np.arange(scores.shape[0]), top.shape[1])
     candidates = top.reshape(-1)
-    images, texts = (queries, candidates) if scores is itc_scores else (candidates, queries)
+    images, texts = (queries, candidates) if queries_are_images else (candidates, queries)
     itm = _score_pairs_in_batches(score_pairs, images, texts, batch_size)
     reranked = np.full(scores.shape, fill, np.float32)
     reranked[queries, candidates] = itm + scores[queries, candidates]
