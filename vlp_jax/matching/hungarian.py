@@ -1,0 +1,217 @@
+"""Exact minimum-cost bipartite matching (Hungarian / Jonker-Volgenant) in pure JAX.
+
+DETR-style matching has few targets T and many queries Q (T << Q). We solve the
+assignment from the target side with shortest augmenting paths (Dijkstra with dual
+potentials, as in Jonker & Volgenant 1987 and scipy's `linear_sum_assignment`):
+one augmentation per valid target, each a few Dijkstra steps of O(Q) vectorised work.
+
+The solver is natively batched: all problems of a batch advance together in one flat
+`lax.while_loop` (a step scans one row and selects one column, or augments and starts
+the next target). There is no nested loop and no host callback, so it runs under
+`jit`, `vmap` and sharded `jit` (the loop predicate is an `any` over the batch).
+
+Numerics. Each target's costs are shifted by their minimum (this changes no
+assignment), so large offsets (1e6..1e9) do not eat the float32 mantissa. Row
+potentials are not stored: a row's potential is re-derived from its tight matched
+edge whenever the row is scanned, so the duals do not drift. No epsilon is needed
+because Dijkstra only compares and adds reduced costs; the returned assignment is
+optimal up to float32 rounding of the (shifted) costs.
+
+Non-finite costs: NaN and +inf mean "forbidden unless unavoidable" and become a
+finite cost larger than any assignment made of finite costs; -inf becomes the
+target's smallest finite cost.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class _SolverState(NamedTuple):
+  """Per-problem loop state; leading dim B everywhere."""
+  current_target: jax.Array  # [B] target being assigned in this augmentation
+  scan_row: jax.Array  # [B] target row scanned in the next step
+  scan_offset: jax.Array  # [B] path length to scan_row minus its potential
+  done: jax.Array  # [B] bool, every valid target assigned
+  query_owner: jax.Array  # [B, Q] target matched to each query, -1 if free
+  query_potential: jax.Array  # [B, Q] dual variable of each query
+  path_length: jax.Array  # [B, Q] shortest path length to each query
+  path_parent: jax.Array  # [B, Q] target row that last relaxed each query
+  reached: jax.Array  # [B, Q] bool, query selected in this augmentation
+  ancestors: jax.Array  # [B, T, T] bool, row r's tree path from the root
+
+
+def _take(values: jax.Array, index: jax.Array) -> jax.Array:
+  """values [B, N, ...], index [B] -> values[b, index[b]] [B, ...]."""
+  index = index.reshape(index.shape + (1,) * (values.ndim - 1))
+  return jnp.take_along_axis(values, index, axis=1)[:, 0]
+
+
+def _next_valid(valid: jax.Array, after: jax.Array) -> jax.Array:
+  """valid [B, T], after [B] -> [B] first valid index > after, T if none."""
+  num_targets = valid.shape[1]
+  positions = jnp.arange(num_targets)
+  candidates = valid & (positions[None, :] > after[:, None])
+  return jnp.min(jnp.where(candidates, positions[None, :], num_targets), axis=1)
+
+
+_FORBIDDEN = 1e30
+
+
+def _sanitize_costs(costs: jax.Array, valid: jax.Array) -> jax.Array:
+  """Shifts each target row to min 0 and makes every entry finite. [B, T, Q].
+
+  NaN and +inf become `_FORBIDDEN` (more than any assignment of finite costs, which
+  are clipped to it), -inf becomes the row minimum; invalid rows become 0.
+  """
+  finite = jnp.isfinite(costs)
+  row_min = jnp.min(jnp.where(finite, costs, jnp.inf), axis=2, keepdims=True)
+  row_min = jnp.where(jnp.isfinite(row_min), row_min, 0.0)
+  shifted = jnp.minimum(costs - row_min, _FORBIDDEN)
+  shifted = jnp.where(finite, shifted, jnp.where(jnp.isneginf(costs), 0.0, _FORBIDDEN))
+  return jnp.where(valid[:, :, None], shifted, 0.0)
+
+
+def _greedy_start(costs: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Gives each target its first zero-cost query unless a lower target took it.
+
+  With rows shifted to min 0 and all query potentials 0, these edges are tight, so
+  the partial matching is a valid starting point for the augmenting paths.
+
+  Args:
+    costs: [B, T, Q] sanitised costs.
+    valid: [B, T].
+
+  Returns:
+    query_owner [B, Q] (target or -1) and matched [B, T].
+  """
+  batch, num_targets, num_queries = costs.shape
+  query_ids = jnp.arange(num_queries, dtype=jnp.int32)
+  target_ids = jnp.arange(num_targets, dtype=jnp.int32)
+  cheapest = jnp.min(jnp.where(costs == 0, query_ids, num_queries), axis=2)  # [B, T]
+  cheapest = jnp.where(valid, cheapest, num_queries)
+  batch_ids = jnp.arange(batch)[:, None]
+  owner = jnp.full((batch, num_queries), num_targets, jnp.int32).at[batch_ids, cheapest].min(
+      jnp.broadcast_to(target_ids, (batch, num_targets)), mode="drop")
+  matched = jnp.take_along_axis(owner, jnp.minimum(cheapest, num_queries - 1), axis=1)
+  matched = (matched == target_ids) & (cheapest < num_queries)
+  return jnp.where(owner < num_targets, owner, -1), matched
+
+
+def _solve_batched(costs: jax.Array, valid: jax.Array) -> jax.Array:
+  """costs [B, T, Q] sanitised (targets x queries), valid [B, T] -> [B, Q] owner or -1."""
+  batch, num_targets, num_queries = costs.shape
+  dtype = costs.dtype
+  batch_index = jnp.arange(batch)
+  query_ids = jnp.arange(num_queries, dtype=jnp.int32)[None, :]
+  target_ids = jnp.arange(num_targets, dtype=jnp.int32)[None, :]
+  query_owner, matched = _greedy_start(costs, valid)
+  pending = valid & ~matched
+  first = _next_valid(pending, jnp.full((batch,), -1))
+  root_ancestors = (target_ids[:, :, None] == target_ids[:, None, :])  # [1, T, T]
+
+  init = _SolverState(
+      current_target=first,
+      scan_row=jnp.minimum(first, num_targets - 1),
+      scan_offset=jnp.zeros((batch,), dtype),
+      done=first >= num_targets,
+      query_owner=query_owner,
+      query_potential=jnp.zeros((batch, num_queries), dtype),
+      path_length=jnp.full((batch, num_queries), jnp.inf, dtype),
+      path_parent=jnp.zeros((batch, num_queries), jnp.int32),
+      reached=jnp.zeros((batch, num_queries), bool),
+      ancestors=jnp.broadcast_to(root_ancestors, (batch, num_targets, num_targets)),
+  )
+
+  def step(state: _SolverState) -> _SolverState:
+    row = state.scan_row
+    # Relax the scanned row: reduced costs plus the path length to the row.
+    row_costs = _take(costs, row)  # [B, Q]
+    candidate = row_costs - state.query_potential + state.scan_offset[:, None]
+    improves = (candidate < state.path_length) & ~state.reached
+    path_length = jnp.where(improves, candidate, state.path_length)
+    path_parent = jnp.where(improves, row[:, None], state.path_parent)
+
+    # Select the closest unreached query, preferring a free one on ties.
+    open_length = jnp.where(state.reached, jnp.inf, path_length)
+    shortest = jnp.min(open_length, axis=1)
+    is_free = state.query_owner < 0
+    tied = open_length <= shortest[:, None]
+    # One min-reduction (argmin is slow on CPU): free queries rank before owned ones.
+    rank = jnp.where(tied, jnp.where(is_free, query_ids, query_ids + num_queries), 2 * num_queries)
+    selected = jnp.min(rank, axis=1)
+    selected = jnp.where(selected >= num_queries, selected - num_queries, selected)
+    owner = state.query_owner[batch_index, selected]
+    augment = (owner < 0) & ~state.done
+    reached = state.reached | (query_ids == selected[:, None])
+
+    # Extend the tree: the owner of the selected query is scanned next.
+    next_row = jnp.maximum(owner, 0)
+    parent = path_parent[batch_index, selected]
+    potential = costs[batch_index, next_row, selected] - state.query_potential[batch_index, selected]
+    parent_ancestors = _take(state.ancestors, parent) | (target_ids == next_row[:, None])
+    ancestors = jnp.where(
+        (target_ids == next_row[:, None])[:, :, None] & ~augment[:, None, None],
+        parent_ancestors[:, None, :], state.ancestors)
+
+    # Augment: flip the path from the root to the selected free query, update duals.
+    on_path = _take(state.ancestors, parent)  # [B, T]
+    owner_on_path = jnp.take_along_axis(on_path, jnp.maximum(state.query_owner, 0), axis=1)
+    flips = augment[:, None] & (
+        (query_ids == selected[:, None]) | (reached & ~is_free & owner_on_path))
+    query_owner = jnp.where(flips, path_parent, state.query_owner)
+    query_potential = jnp.where(
+        augment[:, None] & reached, state.query_potential + path_length - shortest[:, None],
+        state.query_potential)
+
+    following = _next_valid(pending, state.current_target)
+    current_target = jnp.where(augment, following, state.current_target)
+    done = state.done | (augment & (following >= num_targets))
+    restart_row = jnp.minimum(following, num_targets - 1)
+    ancestors = jnp.where(augment[:, None, None], root_ancestors, ancestors)
+    return _SolverState(
+        current_target=current_target,
+        scan_row=jnp.where(augment, restart_row, next_row),
+        scan_offset=jnp.where(augment, 0.0, shortest - potential).astype(dtype),
+        done=done,
+        query_owner=query_owner,
+        query_potential=query_potential,
+        path_length=jnp.where(augment[:, None], jnp.inf, path_length),
+        path_parent=path_parent,
+        reached=reached & ~augment[:, None],
+        ancestors=ancestors,
+    )
+
+  final = jax.lax.while_loop(lambda s: ~jnp.all(s.done), step, init)
+  return final.query_owner
+
+
+def hungarian_match(cost: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Minimum-cost assignment of targets to distinct queries.
+
+  Args:
+    cost: [..., Q, T] float cost of matching query q to target t.
+    valid: optional [..., T] bool; False marks padded targets, which are ignored.
+      Requires Q >= number of valid targets.
+
+  Returns:
+    [..., T] int32: the query matched to each target, -1 for invalid targets. The
+    total cost over valid targets is minimal.
+  """
+  *batch_shape, num_queries, num_targets = cost.shape
+  if valid is None:
+    valid = jnp.ones((*batch_shape, num_targets), bool)
+  valid = jnp.broadcast_to(valid, (*batch_shape, num_targets))
+  if num_targets == 0:
+    return jnp.zeros((*batch_shape, 0), jnp.int32)
+  dtype = jnp.promote_types(cost.dtype, jnp.float32)
+  flat_cost = cost.reshape(-1, num_queries, num_targets).astype(dtype)
+  flat_valid = valid.reshape(-1, num_targets)
+  target_rows = _sanitize_costs(jnp.swapaxes(flat_cost, 1, 2), flat_valid)
+  query_owner = _solve_batched(target_rows, flat_valid)  # [B, Q]
+  batch, num_queries = query_owner.shape
+  query_of_target = jnp.full((batch, num_targets), -1, jnp.int32).at[
+      jnp.arange(batch)[:, None], jnp.where(query_owner >= 0, query_owner, num_targets)].set(
+          jnp.broadcast_to(jnp.arange(num_queries, dtype=jnp.int32), (batch, num_queries)),
+          mode="drop")
+  return query_of_target.reshape(*batch_shape, num_targets)
