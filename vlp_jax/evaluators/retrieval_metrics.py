@@ -15,20 +15,16 @@ RERANK_FILL = -100.0
 PairScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def _first_hit_ranks(scores: np.ndarray, is_hit: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                     chunk: int = 256) -> np.ndarray:
-  """Rank (0-based) of the first hit in each row of scores [Q, N], ties by column index.
-
-  is_hit(row_indices [q], ordered_columns [q, N]) -> bool [q, N].
-  """
+def _rank_of_target(scores: np.ndarray, target: np.ndarray, chunk: int = 256) -> np.ndarray:
+  """0-based rank of column target[q] in each row of scores [Q, N] (ties: lower index first)."""
   ranks = np.empty(scores.shape[0], np.int64)
+  columns = np.arange(scores.shape[1])
   for start in range(0, scores.shape[0], chunk):
-    rows = np.arange(start, min(start + chunk, scores.shape[0]))
-    order = np.argsort(-scores[rows], axis=1, kind="stable")
-    hits = is_hit(rows, order)
-    if not hits.any(axis=1).all():
-      raise ValueError("a query has no ground-truth match")
-    ranks[rows] = np.argmax(hits, axis=1)
+    rows = slice(start, start + chunk)
+    block, block_target = scores[rows], target[rows]
+    target_scores = np.take_along_axis(block, block_target[:, None], axis=1)
+    tied_before = (block == target_scores) & (columns[None, :] < block_target[:, None])
+    ranks[rows] = np.sum(block > target_scores, axis=1) + np.sum(tied_before, axis=1)
   return ranks
 
 
@@ -44,12 +40,19 @@ def retrieval_ranks(img2txt_scores: np.ndarray, text_to_image: np.ndarray,
   """
   img2txt_scores = np.asarray(img2txt_scores)
   text_to_image = np.asarray(text_to_image)
+  num_images = img2txt_scores.shape[0]
   if txt2img_scores is None:
     txt2img_scores = img2txt_scores.T
-  image_ranks = _first_hit_ranks(
-      img2txt_scores, lambda rows, order: text_to_image[order] == rows[:, None])
-  text_ranks = _first_hit_ranks(
-      np.asarray(txt2img_scores), lambda rows, order: order == text_to_image[rows][:, None])
+  if np.bincount(text_to_image, minlength=num_images).min() == 0:
+    raise ValueError("an image has no ground-truth text")
+  # An image's rank is that of its best-ranked own text: highest score, lowest index on ties.
+  texts = np.arange(len(text_to_image))
+  own_scores = img2txt_scores[text_to_image, texts]
+  by_image_then_rank = np.lexsort((texts, -own_scores, text_to_image))
+  _, first = np.unique(text_to_image[by_image_then_rank], return_index=True)
+  best_own_text = by_image_then_rank[first]
+  image_ranks = _rank_of_target(img2txt_scores, best_own_text)
+  text_ranks = _rank_of_target(np.asarray(txt2img_scores), text_to_image)
   return image_ranks, text_ranks
 
 
