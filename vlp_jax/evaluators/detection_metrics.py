@@ -41,19 +41,21 @@ def box_iou_coco(detections: np.ndarray, ground_truths: np.ndarray,
     return np.where(union > 0, intersection / union, 0.0)
 
 
-def _last_argmax_at_least(values: np.ndarray, allowed: np.ndarray, threshold: float) -> int:
-  """Index of the largest allowed value >= threshold (the last on ties), or -1."""
-  candidates = np.where(allowed & (values >= threshold), values, -np.inf)
-  if not np.isfinite(candidates).any():
-    return -1
-  return len(candidates) - 1 - int(np.argmax(candidates[::-1]))
+def _best_gt_per_threshold(iou_row: np.ndarray, allowed: np.ndarray,
+                           thresholds: np.ndarray) -> np.ndarray:
+  """Per threshold [T]: index of the allowed [T, G] ground truth of highest IoU >= threshold
+  (the last one on equal IoU, as COCOeval's loop), or -1."""
+  candidates = np.where(allowed & (iou_row[None, :] >= thresholds[:, None]), iou_row[None, :],
+                        -np.inf)
+  last_best = candidates.shape[1] - 1 - np.argmax(candidates[:, ::-1], axis=1)
+  return np.where(np.isfinite(candidates.max(axis=1)), last_best, -1)
 
 
 def match_image(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndarray,
                 gt_crowd: np.ndarray, iou_thresholds: np.ndarray = IOU_THRESHOLDS,
                 max_detections: int = MAX_DETECTIONS
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-  """Greedy COCO matching for one image and category.
+  """Greedy COCO matching for one image and category, all IoU thresholds at once.
 
   Returns scores [D'] (sorted, truncated to max_detections), matched [T, D'] and
   ignored [T, D'] flags, and the number of non-crowd ground truths.
@@ -63,21 +65,21 @@ def match_image(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndar
   gt_order = np.argsort(gt_crowd, kind="mergesort")   # non-crowd first, as COCOeval
   gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)[gt_order]
   gt_crowd = np.asarray(gt_crowd, bool)[gt_order]
-  ious = box_iou_coco(det_boxes, gt_boxes, gt_crowd)
-  matched = np.zeros((len(iou_thresholds), len(order)), bool)
+  thresholds = np.minimum(np.asarray(iou_thresholds, np.float64), 1 - 1e-10)
+  matched = np.zeros((len(thresholds), len(order)), bool)
   ignored = np.zeros_like(matched)
-  for t, threshold in enumerate(iou_thresholds):
-    gt_taken = np.zeros(len(gt_boxes), bool)
-    threshold = min(threshold, 1 - 1e-10)
+  if len(gt_boxes):
+    ious = box_iou_coco(det_boxes, gt_boxes, gt_crowd)
+    gt_taken = np.zeros((len(thresholds), len(gt_boxes)), bool)
+    crowd_allowed = np.broadcast_to(gt_crowd, gt_taken.shape)
     for d in range(len(order)):
-      m = _last_argmax_at_least(ious[d], ~gt_crowd & ~gt_taken, threshold)
-      if m < 0:
-        m = _last_argmax_at_least(ious[d], gt_crowd, threshold)
-      if m < 0:
-        continue
-      matched[t, d] = True
-      ignored[t, d] = gt_crowd[m]
-      gt_taken[m] = True
+      # Free non-crowd ground truth first; crowd regions (reusable) only when none qualifies.
+      m = _best_gt_per_threshold(ious[d], ~gt_crowd[None, :] & ~gt_taken, thresholds)
+      m = np.where(m >= 0, m, _best_gt_per_threshold(ious[d], crowd_allowed, thresholds))
+      hit = np.flatnonzero(m >= 0)
+      matched[hit, d] = True
+      ignored[hit, d] = gt_crowd[m[hit]]
+      gt_taken[hit, m[hit]] = True
   return np.asarray(det_scores, np.float64)[order], matched, ignored, int((~gt_crowd).sum())
 
 
@@ -102,26 +104,34 @@ def coco_precision(predictions: Sequence[Detections], ground_truths: Sequence[De
   """Interpolated precision [T, 101] per category with non-crowd ground truth."""
   if len(predictions) != len(ground_truths):
     raise ValueError("need one prediction dict per ground-truth image")
-  categories = sorted({int(c) for gt in ground_truths for c in np.asarray(gt["labels"]).reshape(-1)})
+  categories = {int(c) for gt in ground_truths for c in np.asarray(gt["labels"]).reshape(-1)}
+  # Per category, in image order: (scores, matched, ignored) of each image; non-crowd GTs.
+  per_category = {c: ([], [], []) for c in categories}
+  num_gt = dict.fromkeys(categories, 0)
+  for pred, gt in zip(predictions, ground_truths):
+    gt_labels = np.asarray(gt["labels"]).reshape(-1)
+    gt_boxes = np.asarray(gt["boxes"]).reshape(-1, 4)
+    crowd = np.asarray(gt.get("is_crowd", np.zeros(len(gt_labels), bool)), bool).reshape(-1)
+    det_labels = np.asarray(pred["labels"]).reshape(-1)
+    det_boxes = np.asarray(pred["boxes"]).reshape(-1, 4)
+    det_scores = np.asarray(pred["scores"]).reshape(-1)
+    for category in categories & {int(c) for c in np.concatenate([gt_labels, det_labels])}:
+      gt_mask, det_mask = gt_labels == category, det_labels == category
+      *image_result, image_num_gt = match_image(
+          det_boxes[det_mask], det_scores[det_mask], gt_boxes[gt_mask], crowd[gt_mask],
+          iou_thresholds, max_detections)
+      for collected, result in zip(per_category[category], image_result):
+        collected.append(result)
+      num_gt[category] += image_num_gt
   precision = {}
-  for category in categories:
-    scores, matched, ignored, num_gt = [], [], [], 0
-    for pred, gt in zip(predictions, ground_truths):
-      gt_labels = np.asarray(gt["labels"]).reshape(-1)
-      crowd = np.asarray(gt.get("is_crowd", np.zeros(len(gt_labels), bool)), bool).reshape(-1)
-      gt_mask = gt_labels == category
-      det_mask = np.asarray(pred["labels"]).reshape(-1) == category
-      s, m, i, n = match_image(np.asarray(pred["boxes"]).reshape(-1, 4)[det_mask],
-                               np.asarray(pred["scores"]).reshape(-1)[det_mask],
-                               np.asarray(gt["boxes"]).reshape(-1, 4)[gt_mask], crowd[gt_mask],
-                               iou_thresholds, max_detections)
-      scores.append(s), matched.append(m), ignored.append(i)
-      num_gt += n
-    if num_gt == 0:
+  for category in sorted(categories):
+    if num_gt[category] == 0:
       continue
+    scores, matched, ignored = per_category[category]
     order = np.argsort(-np.concatenate(scores), kind="mergesort")
     precision[category] = _precision_at_recalls(np.concatenate(matched, axis=1)[:, order],
-                                                np.concatenate(ignored, axis=1)[:, order], num_gt)
+                                                np.concatenate(ignored, axis=1)[:, order],
+                                                num_gt[category])
   return precision
 
 
