@@ -22,6 +22,22 @@ assert jax.device_count() == 8, jax.devices()
 config = tiny_toy_config(total_steps={steps})
 config.mesh.update(dict(data=4, fsdp=2, tensor=1))
 result = trainer.train(config, {workdir!r})
+
+# The restored state lives on the 4x2 mesh: kernels split over fsdp (embed) as the rules say.
+import flax.linen as nn
+from jax.sharding import PartitionSpec
+from vlp_jax.models.registry import get_family
+from vlp_jax.train import checkpoint, optim, sharding, state
+model = get_family("toy").build(config)
+mesh = sharding.make_mesh(dict(data=4, fsdp=2, tensor=1))
+rules = sharding.logical_axis_rules()
+tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)
+with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  abstract, _ = state.state_shardings(model, tx, mesh, rules)
+  restored, _ = checkpoint.Checkpointer({workdir!r}).restore(abstract)
+kernel = restored.params["block_0"]["Dense_0"]["kernel"]  # [embed=32, mlp=64]
+assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor"), kernel.sharding.spec
+assert kernel.addressable_shards[0].data.shape == (16, 64)
 print(result.status, result.step)
 """
 
