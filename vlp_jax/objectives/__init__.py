@@ -1,0 +1,1 @@
+"""Training objectives: contrastive (ITC), matching (ITM), language (MLM, LM), detection (DETR)."""
