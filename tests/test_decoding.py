@@ -289,7 +289,8 @@ def test_parity_with_transformers_generate_on_tiny_gpt2():
   def step_fn(tokens, cache, position):
     history = cache["history"].at[:, position].set(tokens[:, 0])
     logits = jax.pure_callback(
-        torch_logits, jax.ShapeDtypeStruct((tokens.shape[0], vocab), jnp.float32), history, position)
+        torch_logits, jax.ShapeDtypeStruct((tokens.shape[0], vocab), jnp.float32), history,
+        position)
     return logits, {"history": history}
 
   prompt = np.array([[5, 7], [9, 3], [4, 4]])

@@ -196,8 +196,9 @@ def _decode_step(step_fn: StepFn, settings: _Settings, prefix: jax.Array,
       return _beam_step(settings, state, log_probs)
     return _token_step(settings, state, logits, log_probs)
 
-  state = jax.lax.cond(state.cur_len < settings.prefix_len, functools.partial(_force_prefix, prefix),
-                       free_step, state._replace(cache=cache))
+  in_prefix = state.cur_len < settings.prefix_len
+  state = jax.lax.cond(in_prefix, functools.partial(_force_prefix, prefix), free_step,
+                       state._replace(cache=cache))
   return state._replace(cur_len=state.cur_len + 1)
 
 
@@ -238,7 +239,8 @@ def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length
     prompt = jnp.asarray(prompt_ids, jnp.int32)
     prefix = jnp.concatenate([prefix, jnp.broadcast_to(prompt, (batch, prompt.shape[-1]))], axis=1)
   if prefix.shape[1] >= max_length:
-    raise ValueError(f"max_length {max_length} leaves no room after {prefix.shape[1]} prefix tokens")
+    raise ValueError(f"max_length {max_length} leaves no room after the prefix "
+                     f"({prefix.shape[1]} tokens)")
   settings = _Settings(method=method, beams=beams, max_length=max_length,
                        prefix_len=prefix.shape[1], eos_id=eos_id, pad_id=pad_id, top_p=top_p,
                        top_k=top_k, temperature=temperature, length_penalty=length_penalty)

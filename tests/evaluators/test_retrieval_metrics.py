@@ -48,7 +48,8 @@ def test_default_metric_names_and_separate_directions():
       + ["retrieval/img2txt_r_mean", "retrieval/txt2img_r_mean", "retrieval/r_mean"])
   assert metrics["retrieval/txt2img_r1"] == 1.0
   # Independent count: texts scoring above the image's best own text.
-  image_ranks = np.array([np.sum(row > row[text_to_image == i].max()) for i, row in enumerate(img2txt)])
+  image_ranks = np.array([np.sum(row > row[text_to_image == i].max())
+                          for i, row in enumerate(img2txt)])
   for k in (1, 5, 10):
     assert metrics[f"retrieval/img2txt_r{k}"] == pytest.approx(np.mean(image_ranks < k))
   assert metrics["retrieval/img2txt_r1"] < metrics["retrieval/img2txt_r10"]

@@ -8,10 +8,10 @@ question's accuracy is the mean over the subsets. (For 10 answers of which n mat
 Normalisation (`normalize_answer`) is the official one, slightly simplified: lower-case,
 newlines/tabs to spaces, punctuation deleted where it touches a space ("yes !" -> "yes")
 or the answer holds a number with a comma ("1,000" -> "1000"), else turned into a space
-("t-shirt" -> "t shirt"), periods dropped unless a digit follows ("3.5" stays), number words zero..ten -> digits ("none" -> "0"),
-articles a/an/the dropped, common apostrophe-less contractions restored ("dont" -> "don't").
-The official eval normalises predictions only when the annotators disagree; here both sides
-are always normalised.
+("t-shirt" -> "t shirt"), periods dropped unless a digit follows ("3.5" stays), number
+words zero..ten -> digits ("none" -> "0"), articles a/an/the dropped, common contractions
+written without apostrophe restored ("dont" -> "don't"). The official eval normalises
+predictions only when the annotators disagree; here both sides are always normalised.
 """
 from __future__ import annotations
 
