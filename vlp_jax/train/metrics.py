@@ -103,8 +103,13 @@ class MetricsWriter:
     self._summary_writer.flush()
     summary = " ".join(f"{name}={_short(value)}" for name, value in record.items()
                        if name != "step")
-    if self._progress is not None:
-      self._progress.set_postfix_str(summary[:120], refresh=False)
+    if self._progress is not None and "loss" in record:
+      self._progress.set_postfix_str(" ".join(
+          f"{name}={_short(record[name])}" for name in ("loss", "examples_per_s",
+                                                         "input_wait_fraction")
+          if name in record), refresh=False)
+    elif self._progress is not None:  # evaluation results: a line above the bar
+      self._progress.write(f"step {step}: {summary}", file=sys.stderr)
     else:
       print(f"step {step}: {summary}", file=sys.stderr, flush=True)
     return record
