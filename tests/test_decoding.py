@@ -38,23 +38,28 @@ class ToyChain:
   def init_cache(self, batch: int):
     return {"previous": jnp.full((batch,), PAD, jnp.int32), "steps": jnp.zeros((), jnp.int32)}
 
-  def log_probs(self, history: list[int]) -> np.ndarray:
-    """Next-token log-probabilities [V] after `history` (bos first)."""
+  def logits(self, history: list[int]) -> np.ndarray:
+    """Next-token logits [V] after `history` (bos first)."""
     before = history[-2] if len(history) > 1 else PAD
-    logits = self.table[before, history[-1]] + self.bias[len(history) - 1]
-    logits = logits.astype(np.float64)
+    return (self.table[before, history[-1]] + self.bias[len(history) - 1]).astype(np.float64)
+
+  def log_probs(self, history: list[int]) -> np.ndarray:
+    logits = self.logits(history)
     return logits - np.logaddexp.reduce(logits)
 
-  def greedy_reference(self, prefix: list[int], max_length: int) -> list[int]:
+  def greedy_reference(self, prefix: list[int], max_length: int, min_length: int = 0,
+                       repetition_penalty: float = 1.0) -> list[int]:
     history = list(prefix)
     while len(history) < max_length:
-      history.append(int(np.argmax(self.log_probs(history))))
+      scores = hf_processors(history, self.logits(history), min_length, repetition_penalty)
+      history.append(int(np.argmax(scores)))
       if history[-1] == EOS:
         break
     return history + [PAD] * (max_length - len(history))
 
-  def best_hypothesis(self, prefix: list[int], max_length: int,
-                      length_penalty: float) -> tuple[list[int], float]:
+  def best_hypothesis(self, prefix: list[int], max_length: int, length_penalty: float,
+                      min_length: int = 0, repetition_penalty: float = 1.0
+                      ) -> tuple[list[int], float]:
     """Enumerates every hypothesis; the best by HF's penalised score."""
     vocab = self.table.shape[0]
     best, best_score = None, -np.inf
@@ -65,12 +70,25 @@ class ToyChain:
           continue
         history, log_prob = list(prefix), 0.0
         for token in tokens:
-          log_prob += self.log_probs(history)[token]
+          log_prob += hf_processors(history, self.log_probs(history), min_length,
+                                    repetition_penalty)[token]
           history.append(token)
         score = log_prob / length**length_penalty
         if score > best_score:
           best, best_score = history + [PAD] * (max_length - len(history)), score
     return best, best_score
+
+
+def hf_processors(history: list[int], scores: np.ndarray, min_length: int,
+                  repetition_penalty: float) -> np.ndarray:
+  """HF's MinLength and RepetitionPenalty logits processors, in numpy."""
+  scores = scores.copy()
+  if len(history) < min_length:
+    scores[EOS] = -np.inf
+  for token in set(history):
+    score = scores[token]
+    scores[token] = score * repetition_penalty if score < 0 else score / repetition_penalty
+  return scores
 
 
 def run_decode(chain: ToyChain, bos: np.ndarray, **kwargs):
@@ -177,6 +195,30 @@ def test_wide_beam_finds_enumerated_optimum(seed, length_penalty, prompt):
   np.testing.assert_allclose(out.scores, best_score, rtol=1e-5)
 
 
+@pytest.mark.parametrize("min_length,repetition_penalty", [(4, 1.0), (0, 1.8), (3, 1.4)])
+def test_min_length_and_repetition_penalty(min_length, repetition_penalty):
+  table_chain = ToyChain.random(11, vocab=4, max_length=5, scale=1.5)
+  # With min_length, eos would otherwise come early; without, long outputs repeat tokens.
+  table_chain.bias[:, EOS] += 2.0 if min_length else -2.0
+  kwargs = dict(max_length=5, min_length=min_length, repetition_penalty=repetition_penalty)
+  bos = np.array([BOS, 3])
+  greedy = run_decode(table_chain, bos, **kwargs)
+  beam = run_decode(table_chain, bos, method="beam", num_beams=128, **kwargs)
+  for row in range(2):
+    prefix = [int(bos[row])]
+    np.testing.assert_array_equal(greedy.sequences[row],
+                                  table_chain.greedy_reference(prefix, 5, min_length,
+                                                               repetition_penalty))
+    best, best_score = table_chain.best_hypothesis(prefix, 5, 1.0, min_length, repetition_penalty)
+    np.testing.assert_array_equal(beam.sequences[row], best)
+    np.testing.assert_allclose(beam.scores[row], best_score, rtol=1e-5)
+  plain_greedy = run_decode(table_chain, bos, max_length=5)
+  plain_beam = run_decode(table_chain, bos, max_length=5, method="beam", num_beams=128)
+  # The processors matter here: they change at least one of the two outputs.
+  assert ((np.asarray(plain_greedy.sequences) != np.asarray(greedy.sequences)).any()
+          or (np.asarray(plain_beam.sequences) != np.asarray(beam.sequences)).any())
+
+
 def test_beam_search_batches_independently():
   chains = ToyChain.random(7, vocab=5, max_length=7)
   bos = np.array([BOS, 3, 4])
@@ -270,8 +312,9 @@ def _after_first_eos_as_pad(sequences: np.ndarray, prefix_len: int) -> np.ndarra
 
 
 def test_parity_with_transformers_generate_on_tiny_gpt2():
-  """Greedy and num_beams=3 with a prompt against HF generate; torch runs in a pure_callback
-  over the token history kept in the cache, so the cache reordering is exercised too."""
+  """Greedy and num_beams=3 with a prompt, with and without min_length / repetition_penalty,
+  against HF generate; torch runs in a pure_callback over the token history kept in the
+  cache, so the cache reordering is exercised too."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
   vocab, max_length = 12, 10
@@ -295,16 +338,18 @@ def test_parity_with_transformers_generate_on_tiny_gpt2():
 
   prompt = np.array([[5, 7], [9, 3], [4, 4]])
   input_ids = torch.tensor(np.concatenate([np.full((3, 1), BOS), prompt], axis=1))
-  for method, num_beams in (("greedy", 1), ("beam", 3)):
+  processors = {"min_length": 6, "repetition_penalty": 1.3}
+  for method, num_beams, extra in (("greedy", 1, {}), ("beam", 3, {}),
+                                   ("greedy", 1, processors), ("beam", 3, processors)):
     with torch.no_grad():
       reference = model.generate(
           input_ids, attention_mask=torch.ones_like(input_ids), max_length=max_length,
           num_beams=num_beams, do_sample=False, eos_token_id=EOS, pad_token_id=PAD,
           length_penalty=1.0, early_stopping=False, return_dict_in_generate=True,
-          output_scores=True)
+          output_scores=True, **extra)
     out = jax.jit(functools.partial(
         decoding.decode, step_fn, max_length=max_length, eos_id=EOS, pad_id=PAD, method=method,
-        num_beams=num_beams, prompt_ids=jnp.asarray(prompt)))(
+        num_beams=num_beams, prompt_ids=jnp.asarray(prompt), **extra))(
             {"history": jnp.zeros((3, max_length), jnp.int32)}, jnp.full((3,), BOS, jnp.int32))
     expected = _after_first_eos_as_pad(reference.sequences.numpy(), prefix_len=3)
     sequences = np.asarray(out.sequences)

@@ -17,6 +17,10 @@ token per row. The loop is a `lax.while_loop` that stops early once every row ha
 `decode` inside `jax.jit` with the keyword arguments static (see `decode_jit`).
 
 Semantics follow Hugging Face `transformers`:
+- processors, before any token choice: `min_length` (eos barred while the sequence, bos and
+  prompt included, is shorter) and `repetition_penalty` (scores of tokens already in the
+  sequence, bos and prompt included, divided by it when positive, multiplied when negative).
+  As in HF they act on logits for greedy / sampling and on log-probabilities in beam search.
 - greedy: argmax (ties to the lowest id); after eos a row is padded with `pad_id`.
 - sample: logits / temperature, then top-k, then top-p (the smallest set of most probable
   tokens whose probability reaches top_p, at least one), then a categorical draw. HF's
@@ -112,20 +116,41 @@ class _Settings:
   prefix_len: int
   eos_id: int
   pad_id: int
+  min_length: int
+  repetition_penalty: float
   top_p: float
   top_k: int
   temperature: float
   length_penalty: float
 
 
+def _apply_processors(settings: _Settings, state: _State, scores: jax.Array) -> jax.Array:
+  """HF min-length and repetition-penalty processors on scores [B, K, V]."""
+  if settings.min_length > 0:
+    too_short = state.cur_len < settings.min_length
+    scores = scores.at[:, :, settings.eos_id].set(
+        jnp.where(too_short, -jnp.inf, scores[:, :, settings.eos_id]))
+  if settings.repetition_penalty != 1.0:
+    batch, beams, vocab = scores.shape
+    written = jnp.arange(state.running.shape[-1]) < state.cur_len
+    tokens = jnp.where(written, state.running, vocab)            # unwritten -> dropped
+    rows = jnp.arange(batch)[:, None, None], jnp.arange(beams)[None, :, None]
+    seen = jnp.zeros(scores.shape, bool).at[rows[0], rows[1], tokens].set(True, mode="drop")
+    penalised = jnp.where(scores < 0, scores * settings.repetition_penalty,
+                          scores / settings.repetition_penalty)
+    scores = jnp.where(seen, penalised, scores)
+  return scores
+
+
 def _token_step(settings: _Settings, state: _State, logits: jax.Array,
                 log_probs: jax.Array) -> _State:
   """Greedy / sampling: one token per row; logits, log_probs [B, 1, V]."""
   rng, sample_rng = jax.random.split(state.rng)
+  processed = _apply_processors(settings, state, logits)[:, 0]
   if settings.method == "greedy":
-    tokens = jnp.argmax(logits[:, 0], axis=-1)
+    tokens = jnp.argmax(processed, axis=-1)
   else:
-    warped = process_logits_for_sampling(logits[:, 0], settings.temperature, settings.top_k,
+    warped = process_logits_for_sampling(processed, settings.temperature, settings.top_k,
                                          settings.top_p)
     tokens = jax.random.categorical(sample_rng, warped, axis=-1)
   done = state.is_finished[:, 0]
@@ -141,6 +166,7 @@ def _token_step(settings: _Settings, state: _State, logits: jax.Array,
 def _beam_step(settings: _Settings, state: _State, log_probs: jax.Array) -> _State:
   """One HF beam-search step, cache reordered; log_probs [B, K, V]."""
   batch, beams, vocab = log_probs.shape
+  log_probs = _apply_processors(settings, state, log_probs)
   total = (log_probs + state.running_scores[:, :, None]).reshape(batch, beams * vocab)
   top_scores, top_indices = jax.lax.top_k(total, 2 * beams)
   source_beam = top_indices // vocab
@@ -213,8 +239,8 @@ def _keep_going(settings: _Settings, state: _State) -> jax.Array:
 def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length: int,
            eos_id: int, pad_id: int, method: Method = "greedy", num_beams: int = 1,
            top_p: float = 1.0, top_k: int = 0, temperature: float = 1.0,
-           length_penalty: float = 1.0, prompt_ids: jax.Array | None = None,
-           rng: jax.Array | None = None) -> DecodeOutput:
+           length_penalty: float = 1.0, min_length: int = 0, repetition_penalty: float = 1.0,
+           prompt_ids: jax.Array | None = None, rng: jax.Array | None = None) -> DecodeOutput:
   """Decodes [B] sequences of `max_length` tokens starting with `bos_ids` [B].
 
   Args:
@@ -243,7 +269,8 @@ def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length
                      f"({prefix.shape[1]} tokens)")
   settings = _Settings(method=method, beams=beams, max_length=max_length,
                        prefix_len=prefix.shape[1], eos_id=eos_id, pad_id=pad_id, top_p=top_p,
-                       top_k=top_k, temperature=temperature, length_penalty=length_penalty)
+                       top_k=top_k, temperature=temperature, length_penalty=length_penalty,
+                       min_length=min_length, repetition_penalty=repetition_penalty)
 
   running = jnp.full((batch, beams, max_length), pad_id, jnp.int32)
   running = running.at[:, :, :prefix.shape[1]].set(prefix[:, None, :])
@@ -264,14 +291,16 @@ def decode(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length
 
 @functools.partial(jax.jit, static_argnames=(
     "step_fn", "max_length", "eos_id", "pad_id", "method", "num_beams", "top_p", "top_k",
-    "temperature", "length_penalty"))
+    "temperature", "length_penalty", "min_length", "repetition_penalty"))
 def decode_jit(step_fn: StepFn, init_cache: Cache, bos_ids: jax.Array, *, max_length: int,
                eos_id: int, pad_id: int, method: Method = "greedy", num_beams: int = 1,
                top_p: float = 1.0, top_k: int = 0, temperature: float = 1.0,
-               length_penalty: float = 1.0, prompt_ids: jax.Array | None = None,
+               length_penalty: float = 1.0, min_length: int = 0,
+               repetition_penalty: float = 1.0, prompt_ids: jax.Array | None = None,
                rng: jax.Array | None = None) -> DecodeOutput:
   """`decode` under `jax.jit` (step_fn must be hashable, e.g. a module-level function)."""
   return decode(step_fn, init_cache, bos_ids, max_length=max_length, eos_id=eos_id,
                 pad_id=pad_id, method=method, num_beams=num_beams, top_p=top_p, top_k=top_k,
                 temperature=temperature, length_penalty=length_penalty,
+                min_length=min_length, repetition_penalty=repetition_penalty,
                 prompt_ids=prompt_ids, rng=rng)
