@@ -210,3 +210,12 @@ def test_variable_size_image_is_rejected(data_config):
   with pytest.raises(ValueError, match="variable shape"):
     pipeline.make_pipeline(config, split="validation", train=False, global_batch_size=8, seed=0,
                            process_index=0, process_count=1)
+
+
+def test_trailing_batchable_ops_run_per_batch_with_the_same_result(data_config):
+  per_example = "decode|random_resized_crop(48)|pick_caption|flip_lr|value_range(-1,1)|tokenize|pad_objects(6)"
+  per_batch = "decode|random_resized_crop(48)|pick_caption|flip_lr|pad_objects(6)|value_range(-1,1)|tokenize"
+  def batches(spec):
+    return _take(pipeline.make_pipeline(dict(data_config, preprocess=spec), split="train", train=True,
+                                        global_batch_size=16, seed=5, process_index=0, process_count=1), 2)
+  _assert_batches_equal(batches(per_example), batches(per_batch))

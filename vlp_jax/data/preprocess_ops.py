@@ -26,13 +26,17 @@ Ops (arguments as in the spec string):
                             leftmost/rightmost, ...) in captions, text, questions, answers, expressions.
   value_range(vmin=-1, vmax=1, in_min=0, in_max=255)  linear map of pixel values -> float32.
   normalize(preset_or_mean, std=None)  (x / 255 - mean) / std; presets "clip" (also BLIP), "imagenet".
-  pick_caption              one random caption -> `text` tf.string [].
+  pick_caption              one random caption -> `text` tf.string [] (removes `captions`).
   all_captions(num)         the first `num` captions -> `text` [num] (padded with ""), `text_valid` bool [num].
   tokenize(max_length=<data_config.max_text_length>, key="text", bos="cls", eos="sep")
                             -> `{key}_ids` int32 [..., L] ([BOS] tokens [EOS] [PAD]...), `{key}_mask`
                             int32 [..., L]; bos/eos in {"cls", "sep", "enc", "dec", None}; truncates.
   pad_objects(max_objects, box_format="xyxy")  -> `boxes` float32 [M, 4] ("xyxy" or "cxcywh"),
                             `labels` int32 [M], `box_valid` bool [M] (extra objects are dropped).
+
+tokenize is batchable: when it ends a training spec, the pipeline runs it once per batch
+(vectorised) instead of per example; put it last for speed. (Pixel ops stay per example: on
+one image they run in cache, on a whole batch they are memory-bound.)
 """
 import ast
 import dataclasses
@@ -62,14 +66,20 @@ class OpContext:
 
 
 _REGISTRY: dict[str, Callable[..., Op]] = {}
+_BATCHABLE: set[str] = set()
 
 
-def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
-  """Registers an op factory `factory(*args, [context: OpContext], **kwargs) -> Op`."""
+def register(name: str, batchable: bool = False) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
+  """Registers an op factory `factory(*args, [context: OpContext], **kwargs) -> Op`.
+
+  `batchable`: the op works unchanged on a batch of examples (leading batch dim on every key).
+  """
   def wrap(factory: Callable[..., Op]) -> Callable[..., Op]:
     if name in _REGISTRY:
       raise ValueError(f"op {name!r} registered twice")
     _REGISTRY[name] = factory
+    if batchable:
+      _BATCHABLE.add(name)
     return factory
   return wrap
 
@@ -80,15 +90,34 @@ def registered_ops() -> list[str]:
 
 def parse_ops(spec: str, context: OpContext = OpContext()) -> Op:
   """`"op1(args)|op2|..."` -> one function example -> example applying them in order."""
-  calls = [_parse_call(part.strip()) for part in spec.split("|") if part.strip()]
-  fused = []
-  for name, args, kwargs in calls:
-    if fused and (fused[-1][0], name) in _FUSED and not fused[-1][1] and not fused[-1][2]:
-      fused[-1] = (_FUSED[(fused[-1][0], name)], args, kwargs)
-    else:
-      fused.append((name, args, kwargs))
-  ops = [_build(name, args, kwargs, context) for name, args, kwargs in fused]
+  return _compose([_build(*call, context) for call in _parse_spec(spec)])
 
+
+def parse_ops_batched_suffix(spec: str, context: OpContext = OpContext()) -> tuple[Op, Op]:
+  """Splits a spec into (per-example ops, the trailing batchable ops to run on whole batches).
+
+  E.g. `"decode|random_resized_crop(224)|pick_caption|value_range(-1,1)|tokenize"` runs
+  value_range and tokenize once per batch; the result equals running all ops per example.
+  """
+  calls = _parse_spec(spec)
+  split = len(calls)
+  while split and calls[split - 1][0] in _BATCHABLE:
+    split -= 1
+  return (_compose([_build(*call, context) for call in calls[:split]]),
+          _compose([_build(*call, context) for call in calls[split:]]))
+
+
+def _parse_spec(spec: str) -> list[tuple[str, tuple, dict]]:
+  calls = []
+  for name, args, kwargs in (_parse_call(part.strip()) for part in spec.split("|") if part.strip()):
+    if calls and (calls[-1][0], name) in _FUSED and not calls[-1][1] and not calls[-1][2]:
+      calls[-1] = (_FUSED[(calls[-1][0], name)], args, kwargs)
+    else:
+      calls.append((name, args, kwargs))
+  return calls
+
+
+def _compose(ops: list[Op]) -> Op:
   def apply(example: Example) -> Example:
     for op in ops:
       example = op(example)
@@ -151,12 +180,11 @@ def _crop_objects(example: Example, image_hw: tf.Tensor, begin: tf.Tensor, size:
   """Moves boxes into the crop window, clips them, drops those left empty; remaps referring indices."""
   if "boxes" not in example:
     return example
-  hw = tf.cast(image_hw, tf.float32)
-  y0, x0 = tf.unstack(tf.cast(begin, tf.float32) / hw)
-  h, w = tf.unstack(tf.cast(size, tf.float32) / hw)
-  boxes = (example["boxes"] - tf.stack([x0, y0, x0, y0])) / tf.stack([w, h, w, h])
-  boxes = tf.clip_by_value(boxes, 0.0, 1.0)
-  keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+  xy_scale = tf.cast(tf.tile(tf.reverse(image_hw, [0]), [2]), tf.float32)  # W, H, W, H
+  offset = tf.cast(tf.tile(tf.reverse(begin, [0]), [2]), tf.float32) / xy_scale
+  extent = tf.cast(tf.tile(tf.reverse(size, [0]), [2]), tf.float32) / xy_scale
+  boxes = tf.clip_by_value((example["boxes"] - offset) / extent, 0.0, 1.0)
+  keep = tf.reduce_all(boxes[:, 2:] > boxes[:, :2], axis=1)
   example = {**example, "boxes": tf.boolean_mask(boxes, keep)}
   if "labels" in example:
     example["labels"] = tf.boolean_mask(example["labels"], keep)
@@ -195,6 +223,14 @@ def decode_random_resized_crop(size: int, area_min: float = 0.08, area_max: floa
   return op
 
 
+def _swap_left_right_in_keys(example: Example, keys: list[str]) -> Example:
+  """Swaps left/right in all `keys` at once (one flat string tensor: fewer, larger regex ops)."""
+  texts = [example[key] for key in keys]
+  sizes = [tf.size(text) for text in texts]
+  swapped = tf.split(swap_left_right(tf.concat([tf.reshape(t, [-1]) for t in texts], 0)), sizes)
+  return {**example, **{key: tf.reshape(new, tf.shape(old)) for key, old, new in zip(keys, texts, swapped)}}
+
+
 def swap_left_right(text: tf.Tensor) -> tf.Tensor:
   """Swaps left <-> right (and -most / -ward / -wards forms, 3 casings) in tf.string text."""
   for marker, (left, right) in enumerate((("left", "right"), ("Left", "Right"), ("LEFT", "RIGHT")), start=1):
@@ -215,20 +251,21 @@ def flip_lr(prob: float = 0.5) -> Op:
     if "boxes" in example:
       x1, y1, x2, y2 = tf.unstack(example["boxes"], axis=-1)
       example["boxes"] = tf.where(flip, tf.stack([1.0 - x2, y1, 1.0 - x1, y2], axis=-1), example["boxes"])
-    for key in TEXT_KEYS:
-      if key in example:
-        text = example[key]
-        example[key] = tf.cond(flip, lambda text=text: swap_left_right(text), lambda text=text: text)
+    keys = [key for key in TEXT_KEYS if key in example]
+    if keys:
+      texts = {key: example[key] for key in keys}
+      example.update(tf.cond(flip, lambda: _swap_left_right_in_keys(texts, keys), lambda: texts))
     return example
   return op
 
 
 @register("value_range")
 def value_range(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0, in_max: float = 255.0) -> Op:
+  scale = (vmax - vmin) / (in_max - in_min)
+  offset = vmin - in_min * scale
+
   def op(example: Example) -> Example:
-    image = tf.cast(example["image"], tf.float32)
-    image = (image - in_min) / (in_max - in_min) * (vmax - vmin) + vmin
-    return {**example, "image": image}
+    return {**example, "image": tf.cast(example["image"], tf.float32) * scale + offset}
   return op
 
 
@@ -240,11 +277,11 @@ def normalize(mean: str | tuple[float, float, float] = "clip", std: tuple[float,
     mean, std = MEAN_STD_PRESETS[mean]
   if std is None:
     raise ValueError("normalize needs std with an explicit mean")
-  scale = tf.constant(std, tf.float32) * 255.0
-  offset = tf.constant(mean, tf.float32) * 255.0
+  scale = 1.0 / (255.0 * tf.constant(std, tf.float32))
+  offset = -tf.constant(mean, tf.float32) / tf.constant(std, tf.float32)
 
   def op(example: Example) -> Example:
-    return {**example, "image": (tf.cast(example["image"], tf.float32) - offset) / scale}
+    return {**example, "image": tf.cast(example["image"], tf.float32) * scale + offset}
   return op
 
 
@@ -256,7 +293,9 @@ def pick_caption() -> Op:
     seed, example = take_seed(example)
     captions = example["captions"]
     index = tf.random.stateless_uniform([], seed, maxval=tf.shape(captions)[0], dtype=tf.int32)
-    return {**example, "text": captions[index]}
+    example = {**example, "text": captions[index]}
+    del example["captions"]  # picked: later ops (e.g. flip_lr) need not touch the others
+    return example
   return op
 
 
@@ -270,7 +309,7 @@ def all_captions(num: int) -> Op:
   return op
 
 
-@register("tokenize")
+@register("tokenize", batchable=True)
 def tokenize(max_length: int | None = None, key: str = "text", bos: str | None = "cls", eos: str | None = "sep", *,
              context: OpContext) -> Op:
   tokenizer = context.tokenizer
