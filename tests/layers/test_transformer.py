@@ -1,4 +1,4 @@
-"""Transformer blocks and stacks: padding, KV-cache decoding, variants, scan/remat, DETR positions."""
+"""Transformer blocks and stacks: padding, KV-cache decoding, variants, scan/remat, DETR."""
 import functools
 
 import flax.linen as nn
@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlp_jax.layers import TransformerBlock, TransformerStack, create_decode_cache
+from vlp_jax.layers import (AttentionSublayer, FeedForwardSublayer, TransformerBlock,
+                            TransformerStack, create_decode_cache)
 
 B, T, S, D, DM, H, MLP_DIM = 2, 6, 5, 16, 24, 4, 32
 VARIANTS = ("self_attention", "causal_self_attention")
@@ -129,10 +130,10 @@ def test_kv_cache_decoding_matches_full_causal_forward_for_a_decoder_block():
   np.testing.assert_allclose(stepped, full, atol=1e-5)
 
 
-def test_kv_cache_decoding_through_a_scanned_stack_with_the_causal_variant():
+def test_kv_cache_decoding_through_a_scanned_remat_stack_with_the_causal_variant():
   stack = TransformerStack(num_heads=H, mlp_dim=MLP_DIM, cross_attention=True,
                            self_attention_variants=VARIANTS, num_layers=2, scan_layers=True,
-                           layer_norm_epsilon=1e-12)
+                           remat_policy="full", layer_norm_epsilon=1e-12)
   x, memory = _inputs()
   memory_padding_mask = np.array([[True] * S, [True] * (S - 1) + [False]])
   variables = _init(stack, x, memory)
@@ -221,3 +222,52 @@ def test_dropout_runs_only_when_not_deterministic():
   train = _apply(block, variables, x, deterministic=False,
                  rngs={"dropout": jax.random.key(1)})
   assert np.isfinite(train).all() and not np.allclose(train, _apply(plain, variables, x))
+
+
+class _CoAttentionLayer(nn.Module):
+  """LXMERT-style cross-modality layer composed from sublayers: one cross-attention shared by
+  both directions, then self-attention and an MLP per stream."""
+
+  @nn.compact
+  def __call__(self, text, image, text_mask, image_mask):
+    cross = AttentionSublayer(num_heads=H, name="cross_attention")
+    text, image = (cross(text, image, key_padding_mask=image_mask),
+                   cross(image, text, key_padding_mask=text_mask))
+    text = AttentionSublayer(num_heads=H, name="text_self_attention")(
+        text, key_padding_mask=text_mask)
+    image = AttentionSublayer(num_heads=H, name="image_self_attention")(
+        image, key_padding_mask=image_mask)
+    text = FeedForwardSublayer(mlp_dim=MLP_DIM, name="text_feed_forward")(text)
+    image = FeedForwardSublayer(mlp_dim=MLP_DIM, name="image_feed_forward")(image)
+    return text, image
+
+
+def test_sublayers_compose_into_a_co_attention_layer():
+  layer = _CoAttentionLayer()
+  text, _ = _inputs()
+  image = _normal(6, B, S, D)
+  text_mask, image_mask = np.ones((B, T), bool), np.ones((B, S), bool)
+  variables = jax.jit(layer.init)(jax.random.key(0), text, image, text_mask, image_mask)
+  assert set(variables["params"]) == {"cross_attention", "text_self_attention",
+                                      "image_self_attention", "text_feed_forward",
+                                      "image_feed_forward"}
+  apply = jax.jit(layer.apply)
+  text_out, image_out = apply(variables, text, image, text_mask, image_mask)
+  assert text_out.shape == (B, T, D) and image_out.shape == (B, S, D)
+  # Padding the image with garbage regions leaves every real output unchanged.
+  padded_image = np.concatenate([image, 100 * _normal(7, B, 2, D)], axis=1)
+  padded_mask = np.concatenate([image_mask, np.zeros((B, 2), bool)], axis=1)
+  text_padded, image_padded = apply(variables, text, padded_image, text_mask, padded_mask)
+  np.testing.assert_allclose(text_padded, text_out, atol=1e-5)
+  np.testing.assert_allclose(image_padded[:, :S], image_out, atol=1e-5)
+
+
+def test_bfloat16_block_keeps_float32_params_and_tracks_float32():
+  block = _decoder_block()
+  x, memory = _inputs()
+  variables = _init(block, x, memory)
+  out32 = _apply(block, variables, x, memory)
+  out16 = _apply(block.clone(dtype=jnp.bfloat16), variables, x, memory)
+  assert out16.dtype == jnp.bfloat16
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(nn.unbox(variables)))
+  np.testing.assert_allclose(np.asarray(out16, np.float32), out32, atol=0.15)
