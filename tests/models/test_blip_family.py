@@ -1,0 +1,68 @@
+"""The `blip` family: config defaults, build, init, the trainer-protocol loss, the evaluator."""
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from vlp_jax.models import blip_family
+from vlp_jax.train.config import base_config
+
+SMALL = dict(image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
+             vision_mlp_dim=32, vocab_size=40, text_width=16, text_layers=1, text_heads=2,
+             text_mlp_dim=32, max_text_length=8, embed_dim=8, queue_size=8)
+
+
+def _config(**model_overrides):
+  config = base_config()
+  defaults = blip_family.default_config("tiny")
+  config.model, config.data = defaults.model, defaults.data
+  config.model.update(dict(SMALL, **model_overrides))
+  return config
+
+
+def _batch(seed: int, size: int = 4) -> dict[str, jnp.ndarray]:
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(8, 40, size=(size, 8)).astype(np.int32)
+  ids[:, 0], ids[:, 5], ids[:, 6:] = 2, 3, 0
+  return {"image": jnp.asarray(rng.normal(size=(size, 16, 16, 3)), jnp.float32),
+          "text_ids": jnp.asarray(ids), "text_mask": jnp.asarray(ids != 0, jnp.int32),
+          "image_id": jnp.arange(size), "mask": jnp.asarray([True] * (size - 1) + [False])}
+
+
+def test_default_configs_hold_every_model_field():
+  for variant in ("tiny", "base"):
+    config = blip_family.default_config(variant)
+    assert config.model.family == "blip"
+    blip_family.blip_config_from(config)  # every field is a BlipConfig field
+  assert blip_family.default_config("base").model.queue_size == 57600
+  with pytest.raises(ValueError, match="unknown blip variant"):
+    blip_family.default_config("huge")
+
+
+def test_config_file_registers_the_family():
+  path = pathlib.Path(__file__).parents[2] / "configs" / "blip.py"
+  spec = importlib.util.spec_from_file_location("blip_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  base = module.get_config("base")
+  assert base.model.queue_size % base.global_batch_size == 0
+  assert module.get_config("tiny").model.queue_size % module.get_config("tiny").global_batch_size == 0
+
+
+def test_build_init_loss_and_retrieval_evaluator():
+  model = blip_family.build(_config(eval_rerank_k=2, eval_itm_batch_size=4))
+  params, extra_state = jax.jit(model.init)(jax.random.key(0))
+  params, extra_state = nn.meta.unbox(params), nn.meta.unbox(extra_state)
+  assert set(extra_state) == {"momentum", "queue", "step"}
+  loss, metrics, new_state = jax.jit(model.loss_fn)(params, extra_state, _batch(0),
+                                                    jax.random.key(1))
+  assert np.isfinite(loss) and metrics["loss"] == loss
+  assert jax.tree.structure(new_state) == jax.tree.structure(extra_state)
+  results = model.evaluators["retrieval"].run(params, extra_state, [_batch(1), _batch(2)])
+  assert set(results) >= {"retrieval/img2txt_r1", "retrieval/txt2img_r1", "retrieval/r_mean"}
+  # 6 real pairs (the masked ones dropped): every ground truth ranks within the top 10.
+  assert results["retrieval/img2txt_r10"] == 1.0 and results["retrieval/txt2img_r10"] == 1.0

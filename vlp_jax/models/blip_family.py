@@ -1,0 +1,145 @@
+"""The `blip` model family for the trainer: config defaults per variant, `build`, evaluators.
+
+Variants: `tiny` (a few-layer model on the synthetic `shapes` set at 64 px, CPU-friendly) and
+`base` (ViT-B/16 + BERT-base at 224 px, queue 57,600, as in the paper). The `model` section
+holds every `BlipConfig` field. When `data.tokenizer` is set, the vocabulary size and the
+special token ids ([PAD], [CLS], [SEP], [ENC], [DEC]) are read from the tokenizer, so the
+model always matches it; otherwise the `model` values are used as given.
+
+`extra_state` = {"momentum", "queue", "step"} (see `vlp_jax.models.blip`). The queue must be
+a multiple of the batch the loss sees: `global_batch_size / optimizer.accumulation_steps`.
+Evaluator `retrieval`: recall@1/5/10 both ways over the eval split (one caption per image),
+ranked by ITC similarity, and re-ranked by ITM + ITC over each query's top `eval_rerank_k`
+candidates when that is > 0 (BLIP's protocol).
+"""
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vlp_jax.evaluators import retrieval_metrics as retrieval_lib
+from vlp_jax.models import blip
+from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
+
+_TINY = dict(
+    image_size=64, patch_size=16, vision_width=64, vision_layers=2, vision_heads=2,
+    vision_mlp_dim=128, vision_layer_norm_epsilon=1e-6, vocab_size=1000, text_width=64,
+    text_layers=2, text_heads=2, text_mlp_dim=128, max_text_length=32, embed_dim=32,
+    queue_size=256, alpha_ramp_steps=100)
+_BASE = dict(image_size=224, text_dropout_rate=0.1, vocab_size=30524, queue_size=57600)
+_VARIANTS = {"tiny": _TINY, "base": _BASE}
+_EVAL_FIELDS = dict(eval_rerank_k=0, eval_itm_batch_size=64)
+
+
+def default_config(variant: str) -> ml_collections.ConfigDict:
+  """`model` (BlipConfig fields + eval settings) and `data` sections for `variant`."""
+  if variant not in _VARIANTS:
+    raise ValueError(f"unknown blip variant {variant!r}; known: {sorted(_VARIANTS)}")
+  fields = dataclasses.asdict(dataclasses.replace(blip.BlipConfig(), **_VARIANTS[variant]))
+  model = ml_collections.ConfigDict(dict(family="blip", variant=variant, **fields,
+                                         **_EVAL_FIELDS))
+  size = fields["image_size"]
+  data = ml_collections.ConfigDict(dict(
+      name="shapes/64px" if variant == "tiny" else "coco_captions",
+      data_dir=None, tokenizer="", tokenizer_lower_case=True,
+      max_text_length=fields["max_text_length"] if variant == "tiny" else 35,
+      preprocess=(f"decode|random_resized_crop({size})|flip_lr|normalize('clip')|"
+                  "pick_caption|tokenize"),
+      preprocess_eval=f"decode|resize({size})|normalize('clip')|pick_caption|tokenize",
+      shuffle_buffer=10_000, cache=False, require_captions=True,
+      train_split="train", eval_split="validation"))
+  return ml_collections.ConfigDict(dict(model=model, data=data))
+
+
+def blip_config_from(config: ml_collections.ConfigDict) -> blip.BlipConfig:
+  """BlipConfig from `config.model`, with vocabulary and special ids from `data.tokenizer`."""
+  names = {field.name for field in dataclasses.fields(blip.BlipConfig)}
+  fields = {name: config.model[name] for name in names if name in config.model}
+  if config.data.get("tokenizer"):
+    from vlp_jax.data.tokenizer import load_tokenizer  # TensorFlow only when needed
+    tokenizer = load_tokenizer(config.data.tokenizer, config.data.get("tokenizer_lower_case", True))
+    fields.update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
+                  cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, enc_id=tokenizer.enc_id,
+                  dec_id=tokenizer.dec_id)
+  return blip.BlipConfig(**fields)
+
+
+def _retrieval_evaluator(model: blip.Blip, rerank_k: int, itm_batch_size: int) -> Evaluator:
+  """ITC (and optionally ITM re-ranked) recall@k over the eval split."""
+  config = model.config
+
+  @jax.jit
+  def embed(params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    variables = {"params": params}
+    image_embeds = model.apply(variables, batch["image"], method=blip.Blip.encode_image)
+    token_ids = batch["text_ids"].astype(jnp.int32)
+    mask = batch["text_mask"].astype(bool)
+    text_hidden = model.apply(variables, blip.with_token(token_ids, config.cls_id), mask,
+                              method=blip.Blip.encode_text)
+    return {"image_embeds": image_embeds,
+            "image_features": model.apply(variables, image_embeds,
+                                          method=blip.Blip.image_features),
+            "text_features": model.apply(variables, text_hidden, method=blip.Blip.text_features)}
+
+  @jax.jit
+  def itm_match_logit(params: Any, token_ids: jax.Array, mask: jax.Array,
+                      image_embeds: jax.Array) -> jax.Array:
+    logits = model.apply({"params": params}, blip.with_token(token_ids, config.enc_id), mask,
+                         image_embeds, method=blip.Blip.itm_logits)
+    return logits[:, 1]
+
+  def run(params: Any, extra_state: Any, batches: Iterable[dict[str, jax.Array]]
+          ) -> dict[str, float]:
+    del extra_state
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in batches:
+      real = np.asarray(batch["mask"], bool)
+      outputs = jax.device_get(embed(params, batch))
+      outputs.update(text_ids=np.asarray(batch["text_ids"]), text_mask=np.asarray(batch["text_mask"]))
+      for name, value in outputs.items():
+        if name != "image_embeds" or rerank_k > 0:
+          parts.setdefault(name, []).append(np.asarray(value)[real])
+    data = {name: np.concatenate(values) for name, values in parts.items()}
+    itc = data["image_features"] @ data["text_features"].T
+    text_to_image = np.arange(itc.shape[0])
+    if rerank_k <= 0:
+      return retrieval_lib.retrieval_metrics(itc, text_to_image)
+
+    def score_pairs(image_index: np.ndarray, text_index: np.ndarray) -> np.ndarray:
+      count = len(image_index)
+      padded = lambda index: np.pad(index, (0, itm_batch_size - count))
+      image_index, text_index = padded(image_index), padded(text_index)
+      scores = itm_match_logit(params, data["text_ids"][text_index],
+                               data["text_mask"][text_index].astype(bool),
+                               data["image_embeds"][image_index])
+      return np.asarray(scores)[:count]
+
+    img2txt, txt2img = retrieval_lib.rerank_with_itm(itc, score_pairs, k=rerank_k,
+                                                     batch_size=itm_batch_size)
+    return retrieval_lib.retrieval_metrics(img2txt, text_to_image, txt2img)
+
+  return Evaluator(run=run)
+
+
+def build(config: ml_collections.ConfigDict) -> TrainableModel:
+  """The BLIP `TrainableModel` for a full run config."""
+  blip_config = blip_config_from(config)
+  model = blip.build_blip(blip_config, dtype=jnp.dtype(config.dtype),
+                          remat_policy=config.remat_policy, scan_layers=config.scan_layers)
+
+  def init(rng: jax.Array) -> tuple[Any, Any]:
+    params_rng, queue_rng = jax.random.split(rng)
+    params = blip.init_params(model, params_rng)
+    return params, blip.init_extra_state(params, queue_rng, blip_config)
+
+  evaluator = _retrieval_evaluator(model, config.model.get("eval_rerank_k", 0),
+                                   config.model.get("eval_itm_batch_size", 64))
+  return TrainableModel(init=init, loss_fn=blip.loss_fn_for(model),
+                        evaluators={"retrieval": evaluator})
+
+
+FAMILY = ModelFamily(name="blip", default_config=default_config, build=build)
