@@ -77,7 +77,7 @@ def check_same_cost(cost: np.ndarray, valid: np.ndarray, *matches: np.ndarray) -
     np.testing.assert_allclose(total, totals[0], rtol=1e-5)
 
 
-def run(name: str, batch: int, num_queries: int, max_targets: int, padded: bool,
+def run(title: str, batch: int, num_queries: int, max_targets: int, padded: bool,
         rounds: int) -> None:
   rng = np.random.default_rng(0)
   problems = [make_problem(rng, batch, num_queries, max_targets, padded) for _ in range(8)]
@@ -91,15 +91,18 @@ def run(name: str, batch: int, num_queries: int, max_targets: int, padded: bool,
                   *(solve(cost, valid) for solve in solvers.values()))  # also compiles
   device_problems = [(jnp.asarray(c), jnp.asarray(v)) for c, v in problems]
   times = {name: [] for name in [*solvers, "scipy"]}
+  runners = {name: (lambda solve: lambda i: solve(*device_problems[i % len(problems)]))(solve)
+             for name, solve in solvers.items()}
+  runners["scipy"] = lambda i: scipy_solve(*problems[i % len(problems)])
+  names = list(runners)
+  order_rng = np.random.default_rng(1)
   for i in range(rounds):
-    c, v = device_problems[i % len(problems)]
-    host_c, host_v = problems[i % len(problems)]
-    for solver_name, solve in solvers.items():
-      times[solver_name].append(time_ms(lambda: solve(c, v)))
-    times["scipy"].append(time_ms(lambda: scipy_solve(host_c, host_v)))
+    # A fresh random order every round: no solver always runs after the same one.
+    for name in order_rng.permutation(names):
+      times[name].append(time_ms(lambda: runners[name](i)))
   median = {k: float(np.median(t)) for k, t in times.items()}
   ratio = lambda a, b: float(np.median(np.array(times[a]) / np.array(times[b])))
-  print(f"{name}: batch {batch} x ({num_queries} queries x {'up to ' if padded else ''}"
+  print(f"{title}: batch {batch} x ({num_queries} queries x {'up to ' if padded else ''}"
         f"{max_targets} targets), median ms per batch over {rounds} rounds")
   print("  " + "  ".join(f"{k} {m:.3f}" for k, m in median.items()))
   print(f"  optax/ours {ratio('optax', 'ours'):.2f}x   ours/scipy {ratio('ours', 'scipy'):.2f}x"

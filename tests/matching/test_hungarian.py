@@ -188,3 +188,15 @@ def test_sharded_jit_over_eight_devices():
                           env=env, timeout=300)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip().endswith("ok")
+
+
+def test_more_valid_targets_than_queries_keeps_the_first_ones():
+  rng = np.random.default_rng(8)
+  cost = rng.random((50, 3, 5), dtype=np.float32)
+  valid = np.ones((50, 5), bool)
+  valid[:, 1] = False
+  match = np.asarray(_match(cost, valid))
+  kept = np.zeros_like(valid)
+  kept[:, [0, 2, 3]] = True
+  assert_optimal(cost, kept, match)
+  assert np.all(hungarian_match(np.zeros((2, 0, 3), np.float32)) == -1)

@@ -5,21 +5,30 @@ assignment from the target side with shortest augmenting paths (Dijkstra with du
 potentials, as in Jonker & Volgenant 1987 and scipy's `linear_sum_assignment`):
 one augmentation per valid target, each a few Dijkstra steps of O(Q) vectorised work.
 
+A greedy start first gives every target its cheapest query when no lower target
+claims the same one (these edges are tight with zero query potentials), so usually
+only a few targets need augmenting paths.
+
 The solver is natively batched: all problems of a batch advance together in one flat
-`lax.while_loop` (a step scans one row and selects one column, or augments and starts
-the next target). There is no nested loop and no host callback, so it runs under
-`jit`, `vmap` and sharded `jit` (the loop predicate is an `any` over the batch).
+`lax.while_loop`; a step scans one target row and settles one query, and when that
+query is free it flips the augmenting path (found through a [T, T] ancestor table,
+no backtracking loop) and starts the next target. There is no nested loop and no host
+callback, so it runs under `jit`, `vmap` and sharded `jit` (the loop runs until every
+problem of the global batch is done). Measured on CPU, vmapping a single-problem
+solver is no faster than this batched loop.
 
 Numerics. Each target's costs are shifted by their minimum (this changes no
-assignment), so large offsets (1e6..1e9) do not eat the float32 mantissa. Row
-potentials are not stored: a row's potential is re-derived from its tight matched
-edge whenever the row is scanned, so the duals do not drift. No epsilon is needed
-because Dijkstra only compares and adds reduced costs; the returned assignment is
-optimal up to float32 rounding of the (shifted) costs.
+assignment), so large offsets (1e6..1e9) do not eat the float32 mantissa. Target
+potentials are not stored: a target's potential is re-derived from its tight matched
+edge whenever it is scanned, so the duals do not drift. No epsilon is needed: Dijkstra
+only compares and adds reduced costs, each step settles a new query (so the loop ends
+whatever the rounding), and the result is optimal up to float32 rounding of the
+shifted costs.
 
-Non-finite costs: NaN and +inf mean "forbidden unless unavoidable" and become a
-finite cost larger than any assignment made of finite costs; -inf becomes the
-target's smallest finite cost.
+Non-finite costs: NaN and +inf mean "forbidden unless unavoidable": they become 1e30
+after the shift, more than any assignment of finite costs (finite shifted costs are
+clipped to 1e30 and assumed far smaller); -inf counts as the target's smallest
+finite cost.
 """
 from typing import NamedTuple
 
@@ -59,17 +68,17 @@ _FORBIDDEN = 1e30
 
 
 def _sanitize_costs(costs: jax.Array, valid: jax.Array) -> jax.Array:
-  """Shifts each target row to min 0 and makes every entry finite. [B, T, Q].
+  """Shifts each target's costs to min 0 and makes every entry finite. [B, Q, T].
 
   NaN and +inf become `_FORBIDDEN` (more than any assignment of finite costs, which
-  are clipped to it), -inf becomes the row minimum; invalid rows become 0.
+  are clipped to it), -inf becomes the target's minimum; invalid targets become 0.
   """
   finite = jnp.isfinite(costs)
-  row_min = jnp.min(jnp.where(finite, costs, jnp.inf), axis=2, keepdims=True)
-  row_min = jnp.where(jnp.isfinite(row_min), row_min, 0.0)
-  shifted = jnp.minimum(costs - row_min, _FORBIDDEN)
+  target_min = jnp.min(jnp.where(finite, costs, jnp.inf), axis=1, keepdims=True)
+  target_min = jnp.where(jnp.isfinite(target_min), target_min, 0.0)
+  shifted = jnp.minimum(costs - target_min, _FORBIDDEN)
   shifted = jnp.where(finite, shifted, jnp.where(jnp.isneginf(costs), 0.0, _FORBIDDEN))
-  return jnp.where(valid[:, :, None], shifted, 0.0)
+  return jnp.where(valid[:, None, :], shifted, 0.0)
 
 
 def _greedy_start(costs: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -79,16 +88,16 @@ def _greedy_start(costs: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Ar
   the partial matching is a valid starting point for the augmenting paths.
 
   Args:
-    costs: [B, T, Q] sanitised costs.
+    costs: [B, Q, T] sanitised costs.
     valid: [B, T].
 
   Returns:
     query_owner [B, Q] (target or -1) and matched [B, T].
   """
-  batch, num_targets, num_queries = costs.shape
+  batch, num_queries, num_targets = costs.shape
   query_ids = jnp.arange(num_queries, dtype=jnp.int32)
   target_ids = jnp.arange(num_targets, dtype=jnp.int32)
-  cheapest = jnp.min(jnp.where(costs == 0, query_ids, num_queries), axis=2)  # [B, T]
+  cheapest = jnp.min(jnp.where(costs == 0, query_ids[:, None], num_queries), axis=1)  # [B, T]
   cheapest = jnp.where(valid, cheapest, num_queries)
   batch_ids = jnp.arange(batch)[:, None]
   owner = jnp.full((batch, num_queries), num_targets, jnp.int32).at[batch_ids, cheapest].min(
@@ -99,8 +108,12 @@ def _greedy_start(costs: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Ar
 
 
 def _solve_batched(costs: jax.Array, valid: jax.Array) -> jax.Array:
-  """costs [B, T, Q] sanitised (targets x queries), valid [B, T] -> [B, Q] owner or -1."""
-  batch, num_targets, num_queries = costs.shape
+  """costs [B, Q, T] sanitised, valid [B, T] -> [B, Q] target owning each query or -1.
+
+  Costs stay in the caller's [B, Q, T] layout: on CPU a transpose costs more than
+  gathering one strided column per step.
+  """
+  batch, num_queries, num_targets = costs.shape
   dtype = costs.dtype
   batch_index = jnp.arange(batch)
   query_ids = jnp.arange(num_queries, dtype=jnp.int32)[None, :]
@@ -126,7 +139,7 @@ def _solve_batched(costs: jax.Array, valid: jax.Array) -> jax.Array:
   def step(state: _SolverState) -> _SolverState:
     row = state.scan_row
     # Relax the scanned row: reduced costs plus the path length to the row.
-    row_costs = _take(costs, row)  # [B, Q]
+    row_costs = jnp.take_along_axis(costs, row[:, None, None], axis=2)[:, :, 0]  # [B, Q]
     candidate = row_costs - state.query_potential + state.scan_offset[:, None]
     improves = (candidate < state.path_length) & ~state.reached
     path_length = jnp.where(improves, candidate, state.path_length)
@@ -148,14 +161,10 @@ def _solve_batched(costs: jax.Array, valid: jax.Array) -> jax.Array:
     # Extend the tree: the owner of the selected query is scanned next.
     next_row = jnp.maximum(owner, 0)
     parent = path_parent[batch_index, selected]
-    potential = costs[batch_index, next_row, selected] - state.query_potential[batch_index, selected]
-    parent_ancestors = _take(state.ancestors, parent) | (target_ids == next_row[:, None])
-    ancestors = jnp.where(
-        (target_ids == next_row[:, None])[:, :, None] & ~augment[:, None, None],
-        parent_ancestors[:, None, :], state.ancestors)
+    potential = costs[batch_index, selected, next_row] - state.query_potential[batch_index, selected]
+    on_path = _take(state.ancestors, parent)  # [B, T] tree path from the root to parent
 
     # Augment: flip the path from the root to the selected free query, update duals.
-    on_path = _take(state.ancestors, parent)  # [B, T]
     owner_on_path = jnp.take_along_axis(on_path, jnp.maximum(state.query_owner, 0), axis=1)
     flips = augment[:, None] & (
         (query_ids == selected[:, None]) | (reached & ~is_free & owner_on_path))
@@ -168,7 +177,11 @@ def _solve_batched(costs: jax.Array, valid: jax.Array) -> jax.Array:
     current_target = jnp.where(augment, following, state.current_target)
     done = state.done | (augment & (following >= num_targets))
     restart_row = jnp.minimum(following, num_targets - 1)
-    ancestors = jnp.where(augment[:, None, None], root_ancestors, ancestors)
+    # One row of the ancestor table changes: the row joining the tree (its path is the
+    # parent's plus itself) or, after an augmentation, the next root (itself only).
+    changed_row = jnp.where(augment, restart_row, next_row)
+    changed_path = (target_ids == changed_row[:, None]) | (on_path & ~augment[:, None])
+    ancestors = state.ancestors.at[batch_index, changed_row].set(changed_path)
     return _SolverState(
         current_target=current_target,
         scan_row=jnp.where(augment, restart_row, next_row),
@@ -192,7 +205,8 @@ def hungarian_match(cost: jax.Array, valid: jax.Array | None = None) -> jax.Arra
   Args:
     cost: [..., Q, T] float cost of matching query q to target t.
     valid: optional [..., T] bool; False marks padded targets, which are ignored.
-      Requires Q >= number of valid targets.
+      Should leave at most Q valid targets; beyond the first Q, valid targets are
+      treated as padding.
 
   Returns:
     [..., T] int32: the query matched to each target, -1 for invalid targets. The
@@ -201,14 +215,15 @@ def hungarian_match(cost: jax.Array, valid: jax.Array | None = None) -> jax.Arra
   *batch_shape, num_queries, num_targets = cost.shape
   if valid is None:
     valid = jnp.ones((*batch_shape, num_targets), bool)
-  valid = jnp.broadcast_to(valid, (*batch_shape, num_targets))
-  if num_targets == 0:
-    return jnp.zeros((*batch_shape, 0), jnp.int32)
+  valid = jnp.broadcast_to(valid, (*batch_shape, num_targets)).astype(bool)
+  if num_targets == 0 or num_queries == 0:
+    return jnp.full((*batch_shape, num_targets), -1, jnp.int32)
+  if num_queries < num_targets:  # Every augmentation needs a free query.
+    valid = valid & (jnp.cumsum(valid, axis=-1) <= num_queries)
   dtype = jnp.promote_types(cost.dtype, jnp.float32)
   flat_cost = cost.reshape(-1, num_queries, num_targets).astype(dtype)
   flat_valid = valid.reshape(-1, num_targets)
-  target_rows = _sanitize_costs(jnp.swapaxes(flat_cost, 1, 2), flat_valid)
-  query_owner = _solve_batched(target_rows, flat_valid)  # [B, Q]
+  query_owner = _solve_batched(_sanitize_costs(flat_cost, flat_valid), flat_valid)  # [B, Q]
   batch, num_queries = query_owner.shape
   query_of_target = jnp.full((batch, num_targets), -1, jnp.int32).at[
       jnp.arange(batch)[:, None], jnp.where(query_owner >= 0, query_owner, num_targets)].set(
