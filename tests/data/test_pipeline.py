@@ -2,6 +2,7 @@
 import os
 import re
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -219,3 +220,12 @@ def test_trailing_batchable_ops_run_per_batch_with_the_same_result(data_config):
     return _take(pipeline.make_pipeline(dict(data_config, preprocess=spec), split="train", train=True,
                                         global_batch_size=16, seed=5, process_index=0, process_count=1), 2)
   _assert_batches_equal(batches(per_example), batches(per_batch))
+
+
+def test_accepts_a_config_dict_with_lists(data_config):
+  config = ml_collections.ConfigDict(dict(data_config, source_features=["captions"], preprocess=(
+      "decode|random_resized_crop(32)|pick_caption|flip_lr|value_range(-1,1)|tokenize")))
+  batch = next(pipeline.make_pipeline(config, split="train", train=True, global_batch_size=8, seed=0,
+                                      process_index=0, process_count=1))
+  assert set(batch) == {"image", "image_id", "text_ids", "text_mask"}
+  assert batch["image"].shape == (8, 32, 32, 3)

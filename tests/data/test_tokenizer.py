@@ -1,4 +1,6 @@
 """Tests for vlp_jax.data.tokenizer: SentencePiece and WordPiece behind one interface."""
+import os
+
 import pytest
 import tensorflow as tf
 
@@ -134,3 +136,15 @@ def test_bert_base_layout_gives_blip_ids(tmp_path):
   tok = tokenizer_lib.load_tokenizer(str(path))
   assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 100, 101, 102, 103)
   assert (tok.dec_id, tok.enc_id, tok.img_id) == (30522, 30523, 30524)
+
+
+def test_train_command_line_on_shapes(shapes_data_dir, tmp_path, capsys):
+  name = next(f"shapes/{d}" for d in os.listdir(os.path.join(shapes_data_dir, "shapes")) if not d.startswith("."))
+  output = str(tmp_path / "shapes.model")
+  tokenizer_lib._main(["train", "--dataset", name, "--data_dir", shapes_data_dir, "--vocab_size", "150",
+                       "--output", output])
+  assert "vocab_size=" in capsys.readouterr().out
+  tok = tokenizer_lib.load_tokenizer(output)
+  caption = next(iter(tokenizer_lib.dataset_captions(name, shapes_data_dir)))
+  assert tok.decode(tok.encode(caption)) == caption
+  assert tok.unk_id not in tok.encode(caption)

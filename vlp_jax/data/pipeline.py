@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import vlp_jax.data.builders  # noqa: F401  (registers the TFDS builders: shapes, coco_format)
 from vlp_jax.data import preprocess_ops
 from vlp_jax.data.iterator import CheckpointableIterator
 from vlp_jax.data.tokenizer import load_tokenizer
@@ -127,10 +128,16 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _with_defaults(data_config: ml_collections.ConfigDict | Mapping) -> ml_collections.ConfigDict:
-  config = default_data_config()
-  config.update(dict(data_config))
-  if not config.name:
+def _with_defaults(data_config: ml_collections.ConfigDict | Mapping, require_name: bool = True
+                   ) -> ml_collections.ConfigDict:
+  """data_config over `default_data_config()` (plain merge: a list may replace a default tuple)."""
+  defaults = default_data_config().to_dict()
+  given = data_config.to_dict() if isinstance(data_config, ml_collections.ConfigDict) else dict(data_config)
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    logging.warning("data_config fields not used by the input pipeline: %s", unknown)
+  config = ml_collections.ConfigDict({**defaults, **given})
+  if require_name and not config.name:
     raise ValueError("data_config.name (TFDS name, e.g. 'shapes/64px') is required")
   return config
 
@@ -141,8 +148,7 @@ def build_dataset(source: tf.data.Dataset, data_config: ml_collections.ConfigDic
 
   `eval_batches`: the number of eval batches to pad to (None: pad only the last batch).
   """
-  config = default_data_config()
-  config.update(dict(data_config))
+  config = _with_defaults(data_config, require_name=False)
   tokenizer = load_tokenizer(config.tokenizer, lower_case=config.tokenizer_lower_case) if config.tokenizer else None
   context = preprocess_ops.OpContext(tokenizer=tokenizer, max_text_length=config.max_text_length)
   if train:  # Trailing batchable ops run once per batch; eval keeps them per example so padding stays zero.

@@ -283,6 +283,8 @@ def load_tokenizer(path: str, lower_case: bool = True) -> Tokenizer:
 def dataset_captions(name: str, data_dir: str | None, split: str = "train") -> Iterable[str]:
   """Yields every caption of a TFDS image-text dataset split (images are not decoded)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  import vlp_jax.data.builders  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (registers them)
   tf.config.set_visible_devices([], "GPU")
   builder = tfds.builder(name, data_dir=data_dir)
   dataset = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
@@ -304,7 +306,6 @@ def _main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if args.dataset == "shapes":
     args.dataset = "shapes/64px"
-  import vlp_jax.data.builders  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   tokenizer = train_sentencepiece(dataset_captions(args.dataset, args.data_dir, args.split), args.vocab_size,
                                   args.output, model_type=args.model_type, lower_case=args.lower_case)
   print(f"wrote {args.output} (vocab_size={tokenizer.vocab_size})")
