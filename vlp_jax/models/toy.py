@@ -67,7 +67,8 @@ def make_toy_pipeline(data_config: ml_collections.ConfigDict, *, split: str, tra
     indices = tf.data.Dataset.range(num_examples).shuffle(
         min(data_config.shuffle_buffer, num_examples), seed=seed,
         reshuffle_each_iteration=True).repeat()
-    dataset = indices.shard(process_count, process_index).map(make_example)
+    dataset = indices.shard(process_count, process_index).map(
+        make_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(local_batch, drop_remainder=True)
   else:
     num_batches = -(-num_examples // global_batch_size)
