@@ -31,8 +31,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
              input_fn: Any = None) -> dict[str, Any]:
   """{"step": step, "<evaluator>/<metric>": value, ...}, also appended to metrics.jsonl."""
   from vlp_jax.models.registry import get_family  # pylint: disable=g-import-not-at-top
-  from vlp_jax.train import (checkpoint, evaluation, metrics, optim,  # pylint: disable=g-import-not-at-top
-                             sharding, state, trainer)
+  # pylint: disable=g-import-not-at-top
+  from vlp_jax.train import checkpoint, evaluation, metrics, optim, sharding, state, trainer
   trainer._configure_host()  # pylint: disable=protected-access
   mesh_shape = validate_config(config, num_devices=jax.device_count(),
                                process_count=jax.process_count())

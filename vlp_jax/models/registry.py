@@ -66,6 +66,7 @@ class ModelFamily:
 
 _FAMILY_MODULES: dict[str, str] = {
     "toy": "vlp_jax.models.toy",
+    "blip": "vlp_jax.models.blip_family",
 }
 
 

@@ -133,7 +133,8 @@ class ToyClassifier(nn.Module):
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_embed"))
     block = ResidualMlpBlock
     if uses_remat(self.remat_policy):
-      block = nn.remat(block, policy=remat_policy(self.remat_policy), prevent_cse=not self.scan_layers)
+      block = nn.remat(block, policy=remat_policy(self.remat_policy),
+                       prevent_cse=not self.scan_layers)
     if self.scan_layers:
       blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                        length=self.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})

@@ -1,4 +1,4 @@
-"""AdamW with warm-up + cosine/linear/constant schedules, clipping, decay masks, lr groups, freezing.
+"""AdamW, warm-up + cosine/linear/constant schedules, clipping, decay masks, lr groups, freezing.
 
 Param paths are '/'-joined dict keys (`block_0/Dense_0/kernel`); `lr_multipliers` and
 `frozen_regex` match them with `re.search`. Gradient accumulation is not an optax wrapper:

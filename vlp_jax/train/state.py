@@ -1,4 +1,4 @@
-"""Train state and its sharded initialisation (eval_shape -> shardings -> jit(init, out_shardings))."""
+"""Train state and its sharded init: eval_shape -> shardings -> jit(init, out_shardings)."""
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,7 +42,8 @@ def state_shardings(model: TrainableModel, tx: optax.GradientTransformation, mes
   shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
                          extra_state=extra_shardings)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-                        opt_state=abstract_opt_state, extra_state=sharding_lib.strip_boxes(boxed_extra))
+                        opt_state=abstract_opt_state,
+                        extra_state=sharding_lib.strip_boxes(boxed_extra))
   abstract = jax.tree.map(
       lambda leaf, leaf_sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                                        sharding=leaf_sharding),
