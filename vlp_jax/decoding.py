@@ -53,8 +53,8 @@ class DecodeOutput(NamedTuple):
   """sequences [B, max_length] int32; scores [B] float32.
 
   Scores: beam search, the length-penalised log-probability of the best hypothesis (HF's
-  `sequences_scores`); greedy and sampling, the summed model log-probabilities (before
-  temperature / top-k / top-p) of the generated tokens, eos included.
+  `sequences_scores`); greedy and sampling, the summed model log-probabilities (before any
+  processor, temperature, top-k or top-p) of the generated tokens, eos included.
   """
   sequences: jax.Array
   scores: jax.Array
@@ -80,7 +80,7 @@ def process_logits_for_sampling(logits: jax.Array, temperature: float, top_k: in
   """Temperature, top-k and top-p warping of logits [N, V]; removed tokens get -inf."""
   logits = logits / temperature
   if top_k > 0:
-    kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    kth_largest = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
     logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
   if top_p < 1.0:
     sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
