@@ -15,6 +15,7 @@ default_embedding_init: Initializer = nn.initializers.normal(stddev=0.02)
 
 # Logical names of key activations (no-ops without a mesh and rules).
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
+BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
 BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads",
                          "activation_kv")
 

@@ -6,15 +6,15 @@ Parameters (HF `Linear` weight W [D_out, D_in] converts as W.T):
 HF BERT/BLIP-text `intermediate.dense` -> fc1, `output.dense` -> fc2; HF ViT/BLIP-vision
 `mlp.fc1` -> fc1, `mlp.fc2` -> fc2.
 """
-from collections.abc import Callable
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlp_jax.layers.common import (BATCH_LENGTH_EMBED, Array, Dtype, Initializer,
-                                   default_bias_init, default_kernel_init)
+from vlp_jax.layers.common import (BATCH_LENGTH_EMBED, BATCH_LENGTH_MLP, Array, Dtype,
+                                   Initializer, default_bias_init, default_kernel_init)
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact erf GELU (HF BERT/ViT)
@@ -60,6 +60,8 @@ class MLP(nn.Module):
         self.hidden_dim, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "mlp")),
         bias_init=nn.with_logical_partitioning(self.bias_init, ("mlp",)), name="fc1")(x)
+    if h.ndim == 3:
+      h = nn.with_logical_constraint(h, BATCH_LENGTH_MLP)
     h = activation_fn(self.activation)(h)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     y = nn.Dense(
