@@ -215,3 +215,5 @@ def test_separate_head_dim_and_output_width():
   variables = jax.jit(module.init)(jax.random.key(0), x, memory)
   assert jax.jit(module.apply)(variables, x, memory).shape == (B, T, 5)
   assert nn.unbox(variables)["params"]["key"]["kernel"].shape == (DM, 2, 3)
+  with pytest.raises(ValueError, match="not divisible"):
+    MultiHeadAttention(num_heads=3).init(jax.random.key(0), x)

@@ -130,6 +130,9 @@ class MultiHeadAttention(nn.Module):
     """
     is_self_attention = inputs_kv is None
     query_width = inputs_q.shape[-1]
+    if self.head_dim is None and query_width % self.num_heads:
+      raise ValueError(f"query width {query_width} is not divisible by {self.num_heads} heads; "
+                       "set head_dim")
     head_dim = self.head_dim or query_width // self.num_heads
     queries_in = inputs_q if query_pos is None else inputs_q + query_pos
     query = self._projection("query", head_dim)(queries_in)
