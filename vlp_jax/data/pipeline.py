@@ -67,8 +67,8 @@ _LAST_INDEX_KEY = "_last_index"
 _UNDECODABLE_KEY = "_skipped_undecodable"
 _NO_CAPTION_KEY = "_skipped_no_caption"
 _COUNTER_KEYS = (_LAST_INDEX_KEY, _UNDECODABLE_KEY, _NO_CAPTION_KEY)
-# Source features that may stay variable-length: dropped before batching unless an op made them fixed.
 _OPTIONAL_SOURCE_FEATURES = ("captions", "objects", "questions", "referring")
+# Source features that may stay variable-length: dropped before batching unless an op made them fixed.
 _SOURCE_KEYS = ("captions", "boxes", "labels", "questions", "answers", "question_types", "referring_expressions",
                 "referring_object_index")
 
