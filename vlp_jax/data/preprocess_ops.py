@@ -97,7 +97,7 @@ def parse_ops_batched_suffix(spec: str, context: OpContext = OpContext()) -> tup
   """Splits a spec into (per-example ops, the trailing batchable ops to run on whole batches).
 
   E.g. `"decode|random_resized_crop(224)|pick_caption|value_range(-1,1)|tokenize"` runs
-  value_range and tokenize once per batch; the result equals running all ops per example.
+  tokenize once per batch; the result equals running all ops per example.
   """
   calls = _parse_spec(spec)
   split = len(calls)
