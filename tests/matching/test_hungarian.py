@@ -114,7 +114,7 @@ def test_square_identity_and_leading_batch_dims():
   cost = rng.random((2, 3, 8, 8), dtype=np.float32)
   perm = rng.permutation(8)
   cost[..., perm, np.arange(8)] = -1.0
-  match = hungarian_match(jnp.asarray(cost))
+  match = _match(jnp.asarray(cost))
   assert match.shape == (2, 3, 8)
   np.testing.assert_array_equal(match, np.broadcast_to(perm, (2, 3, 8)))
 

@@ -63,18 +63,20 @@ def test_single_layer_matches_transformers():
 
 def test_aux_layers_match_transformers():
   data = random_batch(10, layers=3)
-  per_layer = jax.jit(detection.detr_loss_per_layer)(
+
+  @jax.jit
+  def all_losses(*args):
+    with_aux = detection.detr_loss_with_aux(*args)
+    return detection.detr_loss_per_layer(*args), with_aux, detection.weighted_detr_loss(with_aux)
+
+  per_layer, with_aux, total = all_losses(
       data["logits"], data["boxes"], data["labels"], data["target_boxes"], data["valid"])
   reference = reference_losses(data)
   for name in detection.LOSS_NAMES:
     expected = [reference[f"{name}_{i}"] for i in range(2)] + [reference[name]]
     np.testing.assert_allclose(per_layer[name], expected, rtol=1e-5, atol=1e-5, err_msg=name)
-  with_aux = jax.jit(detection.detr_loss_with_aux)(
-      data["logits"], data["boxes"], data["labels"], data["target_boxes"], data["valid"])
-  for name in detection.LOSS_NAMES:
     np.testing.assert_allclose(with_aux[name], per_layer[name][-1], rtol=1e-6)
     np.testing.assert_allclose(with_aux[f"{name}_aux"], per_layer[name][:-1].sum(), rtol=1e-6)
-  total = detection.weighted_detr_loss(with_aux)
   expected_total = sum(w * per_layer[n].sum() for n, w in zip(detection.LOSS_NAMES, (1, 5, 2)))
   np.testing.assert_allclose(total, expected_total, rtol=1e-5)
 
@@ -95,19 +97,20 @@ def test_no_targets_and_explicit_normaliser():
 
 def test_gradients_flow_to_matched_queries_only():
   data = random_batch(4)
-  logits, boxes = jnp.asarray(data["logits"][0]), jnp.asarray(data["boxes"][0])
   targets = (data["labels"], data["target_boxes"], data["valid"])
 
-  def box_loss(pred_boxes: jax.Array) -> jax.Array:
-    losses = detection.detr_loss(logits, pred_boxes, *targets)
-    return losses["loss_bbox"] + losses["loss_giou"]
+  @jax.jit
+  def grads_and_match(logits: jax.Array, boxes: jax.Array):
+    def weighted(logits: jax.Array, boxes: jax.Array) -> jax.Array:
+      losses = detection.detr_loss(logits, boxes, *targets)
+      return losses["loss_ce"] + 5 * losses["loss_bbox"] + 2 * losses["loss_giou"]
+    return jax.grad(weighted, argnums=(0, 1))(logits, boxes), detection.detr_match(
+        logits, boxes, *targets)
 
-  grads = np.asarray(jax.jit(jax.grad(box_loss))(boxes))
-  logit_grads = np.asarray(jax.jit(jax.grad(
-      lambda x: detection.detr_loss(x, boxes, *targets)["loss_ce"]))(logits))
+  (logit_grads, grads), match = grads_and_match(data["logits"][0], data["boxes"][0])
+  logit_grads, grads, match = map(np.asarray, (logit_grads, grads, match))
   assert np.all(np.isfinite(grads)) and np.all(np.isfinite(logit_grads))
-  match = np.asarray(jax.jit(detection.detr_match)(logits, boxes, *targets))
-  matched = np.zeros(boxes.shape[:2], bool)
+  matched = np.zeros(grads.shape[:2], bool)
   for b, row in enumerate(match):
     matched[b, row[row >= 0]] = True
   assert matched.sum() == data["valid"].sum() > 0
