@@ -169,3 +169,25 @@ def test_caption_greedy_follows_argmax_of_full_forward(model_and_params):
       if sequences[row, t - 1] in (CONFIG.sep_id, CONFIG.pad_id) and t > 1:
         break
       assert sequences[row, t] == int(np.argmax(full[row, t - 1]))
+
+
+def _stack_layers(stack_params: dict, num_layers: int) -> dict:
+  """TransformerStack params layers_0..layers_{L-1} -> the scanned `layers` tree [L, ...]."""
+  layers = [stack_params[f"layers_{i}"] for i in range(num_layers)]
+  return {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def test_scanned_model_decodes_like_unscanned(model_and_params):
+  model, params = model_and_params
+  scanned_model = blip.build_blip(CONFIG, scan_layers=True)
+  scanned = dict(params, text=dict(params["text"], encoder=_stack_layers(
+      params["text"]["encoder"], CONFIG.text_layers)), vision=dict(
+          params["vision"], encoder=_stack_layers(params["vision"]["encoder"],
+                                                  CONFIG.vision_layers)))
+  reference = nn.meta.unbox(blip.init_params(scanned_model, jax.random.key(0)))
+  assert jax.tree.structure(reference) == jax.tree.structure(scanned)
+  images = _batch(6)["image"]
+  beam = lambda m: jax.jit(lambda p, x: blip.caption(m, p, x, max_length=6, num_beams=2))
+  expected, got = beam(model)(params, images), beam(scanned_model)(scanned, images)
+  np.testing.assert_array_equal(got.sequences, expected.sequences)
+  np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4)

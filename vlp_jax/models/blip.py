@@ -359,14 +359,32 @@ def blip_loss(model: Blip, params: PyTree, extra_state: dict[str, Any],
 
 
 # ------------------------------------------------------------------------------ captioning
+def _cache_to_loop_layout(cache: PyTree, scanned: bool) -> PyTree:
+  """Scanned layers keep caches [L, B, ...] and `cache_index` [L]; `vlp_jax.decoding` wants
+  batch-major leaves and scalar shared ones: -> [B, L, ...] and a scalar index."""
+  if not scanned:
+    return cache
+  return jax.tree.map(lambda x: x[0] if x.ndim == 1 else jnp.swapaxes(x, 0, 1), cache)
+
+
+def _cache_from_loop_layout(cache: PyTree, scanned: bool, num_layers: int) -> PyTree:
+  """Inverse of `_cache_to_loop_layout`."""
+  if not scanned:
+    return cache
+  return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_layers,)) if x.ndim == 0
+                      else jnp.swapaxes(x, 0, 1), cache)
+
+
 def init_decode_cache(model: Blip, params: PyTree, image_embeds: Array,
                       max_length: int) -> PyTree:
-  """Flax 'cache' for decoding [B] captions of `max_length` tokens over image_embeds [B, S, Dv]
-  (self-attention caches sized max_length, cross-attention keys/values of the image)."""
+  """Decoding cache for [B] captions of `max_length` tokens over image_embeds [B, S, Dv]
+  (self-attention caches sized max_length, cross-attention keys/values of the image), in
+  the batch-major layout `vlp_jax.decoding` tiles and reorders for beams."""
   batch_size = image_embeds.shape[0]
-  return create_decode_cache(model, {"params": params},
-                             jnp.zeros((batch_size, max_length), jnp.int32), None, image_embeds,
-                             method=Blip.lm_logits)
+  cache = create_decode_cache(model, {"params": params},
+                              jnp.zeros((batch_size, max_length), jnp.int32), None, image_embeds,
+                              method=Blip.lm_logits)
+  return _cache_to_loop_layout(cache, model.scan_layers)
 
 
 def decode_step_fn(model: Blip, params: PyTree, image_width: int) -> decoding.StepFn:
@@ -375,13 +393,16 @@ def decode_step_fn(model: Blip, params: PyTree, image_width: int) -> decoding.St
   The image enters only through the cross-attention keys/values in the cache, so the memory
   passed here is an empty [B', 0, Dv] placeholder.
   """
+  num_layers = model.config.text_layers
+
   def step(tokens: Array, cache: PyTree, position: Array) -> tuple[Array, PyTree]:
     no_memory = jnp.zeros((tokens.shape[0], 0, image_width), model.dtype)
     position_ids = jnp.broadcast_to(position, tokens.shape)
-    logits, state = model.apply({"params": params, "cache": cache}, tokens, None, no_memory,
-                                position_ids=position_ids, decode=True, method=Blip.lm_logits,
-                                mutable=["cache"])
-    return logits[:, -1], state["cache"]
+    flax_cache = _cache_from_loop_layout(cache, model.scan_layers, num_layers)
+    logits, state = model.apply({"params": params, "cache": flax_cache}, tokens, None,
+                                no_memory, position_ids=position_ids, decode=True,
+                                method=Blip.lm_logits, mutable=["cache"])
+    return logits[:, -1], _cache_to_loop_layout(state["cache"], model.scan_layers)
   return step
 
 
