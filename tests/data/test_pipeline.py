@@ -37,7 +37,8 @@ def data_config(shapes_data_dir, shapes_name, tokenizer_path) -> dict:
 
 
 def _split_ids(shapes_data_dir: str, shapes_name: str, split: str) -> list[int]:
-  dataset = tfds.load(shapes_name, split=split, data_dir=shapes_data_dir, decoders={"image": tfds.decode.SkipDecoding()})
+  dataset = tfds.load(shapes_name, split=split, data_dir=shapes_data_dir,
+                      decoders={"image": tfds.decode.SkipDecoding()})
   return [int(ex["image_id"]) for ex in dataset.as_numpy_iterator()]
 
 

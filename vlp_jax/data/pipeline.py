@@ -258,7 +258,8 @@ def _batchable_features(example: Example, keep_strings: bool = False) -> Example
     elif value.shape.is_fully_defined():
       kept[key] = value
     elif key not in _SOURCE_KEYS:
-      raise ValueError(f"feature {key!r} has variable shape {value.shape}; add a resize / pad op to the preprocess spec")
+      raise ValueError(f"feature {key!r} has variable shape {value.shape}; "
+                       "add a resize / pad op to the preprocess spec")
   if "image" not in kept:
     raise ValueError("the preprocess spec must produce a fixed-size image (e.g. decode|resize(224))")
   return kept

@@ -61,8 +61,8 @@ class Tokenizer(abc.ABC):
   vocab_size: int
 
   def _set_special_ids(self, ids: dict[str, int]) -> None:
-    for token, attribute in zip(SPECIAL_TOKENS, ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id", "enc_id", "dec_id", "img_id")):
-      setattr(self, attribute, ids[token])
+    for token in SPECIAL_TOKENS:
+      setattr(self, token.strip("[]").lower() + "_id", ids[token])
     if self.pad_id != 0:
       raise ValueError(f"[PAD] must have id 0, got {self.pad_id}")
     self.special_ids = frozenset(ids.values())
@@ -107,7 +107,8 @@ class SentencePieceTokenizer(Tokenizer):
     ids = {PAD: self._processor.pad_id(), UNK: self._processor.unk_id()}
     ids.update({token: pieces[token] for token in SPECIAL_TOKENS[2:]})
     if [ids[t] for t in SPECIAL_TOKENS] != list(range(len(SPECIAL_TOKENS))):
-      raise ValueError(f"SentencePiece model has special ids {ids}, expected 0..7; train it with `train_sentencepiece`.")
+      raise ValueError(f"SentencePiece model has special ids {ids}, expected 0..7; "
+                       "train it with `train_sentencepiece`.")
     self._set_special_ids(ids)
     self.vocab_size = self._processor.get_piece_size()
     self._tf_tokenizer = tf_text.SentencepieceTokenizer(model=model_proto, out_type=tf.int32)
