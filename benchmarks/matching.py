@@ -3,7 +3,7 @@
 Run: .venv/bin/python benchmarks/matching.py [--rounds 30]
 
 Problems are DETR-sized: a batch of 32 cost matrices of 100 queries x up to T
-targets. Timings of the three solvers are interleaved in each round (the CPU is
+targets, uniform random costs (and one case with DETR matching costs). Timings of the three solvers are interleaved in each round (the CPU is
 shared, so only ratios measured side by side are meaningful); medians are printed.
 """
 import argparse
@@ -17,15 +17,29 @@ import optax
 from scipy.optimize import linear_sum_assignment
 
 from vlp_jax.matching import hungarian_match
+from vlp_jax.objectives.detection import detr_matching_cost
 
 
 def make_problem(rng: np.random.Generator, batch: int, num_queries: int,
-                 max_targets: int, padded: bool) -> tuple[np.ndarray, np.ndarray]:
-  """Returns cost [B, Q, T] float32 and valid [B, T] (a random count when padded)."""
-  cost = rng.random((batch, num_queries, max_targets), dtype=np.float32)
+                 max_targets: int, padded: bool,
+                 detr_costs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+  """Returns cost [B, Q, T] float32 and valid [B, T] (a random count when padded).
+
+  Costs are uniform in [0, 1), or with `detr_costs` DETR matching costs of random
+  predictions (91 classes) against random boxes: structured, with many near-ties.
+  """
   counts = rng.integers(1, max_targets + 1, batch) if padded else np.full(batch, max_targets)
   valid = np.arange(max_targets)[None, :] < counts[:, None]
-  return cost, valid
+  if not detr_costs:
+    return rng.random((batch, num_queries, max_targets), dtype=np.float32), valid
+  def random_boxes(*shape: int) -> np.ndarray:
+    return np.concatenate([rng.uniform(0.2, 0.8, (*shape, 2)),
+                           rng.uniform(0.05, 0.4, (*shape, 2))], -1).astype(np.float32)
+  cost = detr_matching_cost(
+      rng.normal(size=(batch, num_queries, 92)).astype(np.float32),
+      random_boxes(batch, num_queries), rng.integers(0, 91, (batch, max_targets)),
+      random_boxes(batch, max_targets))
+  return np.asarray(cost), valid
 
 
 def ours_solver() -> Callable[[np.ndarray, np.ndarray], jax.Array]:
@@ -78,9 +92,10 @@ def check_same_cost(cost: np.ndarray, valid: np.ndarray, *matches: np.ndarray) -
 
 
 def run(title: str, batch: int, num_queries: int, max_targets: int, padded: bool,
-        rounds: int) -> None:
+        rounds: int, detr_costs: bool = False) -> None:
   rng = np.random.default_rng(0)
-  problems = [make_problem(rng, batch, num_queries, max_targets, padded) for _ in range(8)]
+  problems = [make_problem(rng, batch, num_queries, max_targets, padded, detr_costs)
+              for _ in range(8)]
   solvers = {
       "ours": ours_solver(),
       "ours_vmap": ours_vmapped_solver(),
@@ -117,6 +132,7 @@ def main() -> None:
   run("detr_padded", 32, 100, 20, padded=True, rounds=args.rounds)
   run("detr_full", 32, 100, 20, padded=False, rounds=args.rounds)
   run("dense", 32, 100, 50, padded=False, rounds=args.rounds)
+  run("detr_costs_padded", 32, 100, 20, padded=True, rounds=args.rounds, detr_costs=True)
 
 
 if __name__ == "__main__":

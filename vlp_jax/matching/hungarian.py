@@ -56,14 +56,6 @@ def _take(values: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(values, index, axis=1)[:, 0]
 
 
-def _next_valid(valid: jax.Array, after: jax.Array) -> jax.Array:
-  """valid [B, T], after [B] -> [B] first valid index > after, T if none."""
-  num_targets = valid.shape[1]
-  positions = jnp.arange(num_targets)
-  candidates = valid & (positions[None, :] > after[:, None])
-  return jnp.min(jnp.where(candidates, positions[None, :], num_targets), axis=1)
-
-
 _FORBIDDEN = 1e30
 
 
@@ -120,7 +112,12 @@ def _solve_batched(costs: jax.Array, valid: jax.Array) -> jax.Array:
   target_ids = jnp.arange(num_targets, dtype=jnp.int32)[None, :]
   query_owner, matched = _greedy_start(costs, valid)
   pending = valid & ~matched
-  first = _next_valid(pending, jnp.full((batch,), -1))
+  # following[b, t]: first pending target after t (T if none).
+  pending_index = jnp.where(pending, target_ids, num_targets)
+  suffix_min = jax.lax.cummin(pending_index, axis=1, reverse=True)
+  following_table = jnp.concatenate(
+      [suffix_min[:, 1:], jnp.full((batch, 1), num_targets, jnp.int32)], axis=1)
+  first = suffix_min[:, 0]
   root_ancestors = (target_ids[:, :, None] == target_ids[:, None, :])  # [1, T, T]
 
   init = _SolverState(
@@ -173,7 +170,7 @@ def _solve_batched(costs: jax.Array, valid: jax.Array) -> jax.Array:
         augment[:, None] & reached, state.query_potential + path_length - shortest[:, None],
         state.query_potential)
 
-    following = _next_valid(pending, state.current_target)
+    following = following_table[batch_index, jnp.minimum(state.current_target, num_targets - 1)]
     current_target = jnp.where(augment, following, state.current_target)
     done = state.done | (augment & (following >= num_targets))
     restart_row = jnp.minimum(following, num_targets - 1)
