@@ -44,10 +44,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, step: int | None =
                                          async_save=False)
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with nn.logical_axis_rules(rules):  # no global mesh while tracing init (see trainer)
     abstract_state, _ = state.state_shardings(model, tx, mesh, rules)
     params, extra_state, restored_step = checkpointer.restore_model(
         abstract_state.params, abstract_state.extra_state, step)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     results = evaluation.run_evaluators(model, config, params, extra_state, mesh,
                                         input_fn or trainer.default_input_fn)
   checkpointer.close()

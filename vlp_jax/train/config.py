@@ -179,14 +179,14 @@ def _check_optimizer(optimizer: ml_collections.ConfigDict) -> None:
 
 
 def _check_dataset(data: ml_collections.ConfigDict) -> None:
-  """A TFDS dataset needs `data.data_dir/<name>` to exist (synthetic sources need nothing)."""
+  """A TFDS dataset needs `<data_dir>/<name>` to exist (synthetic sources need nothing); an
+  unset `data.data_dir` means $TFDS_DATA_DIR or ~/tensorflow_datasets, as in TFDS."""
   if not data.get("name"):
     raise ConfigError("config.data.name is missing")
   if data.name in SYNTHETIC_DATASETS:
     return
-  data_dir = data.get("data_dir") or os.environ.get("TFDS_DATA_DIR", "")
-  if not data_dir:
-    raise ConfigError(f"config.data.data_dir is not set for dataset {data.name!r}")
+  data_dir = (data.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
+              or os.path.expanduser("~/tensorflow_datasets"))  # TFDS's own default
   dataset_dir = os.path.join(data_dir, data.name.split(":")[0].split("/")[0])
   import tensorflow as tf  # pylint: disable=g-import-not-at-top (heavy; gfile reads gs:// too)
   if not tf.io.gfile.isdir(dataset_dir):

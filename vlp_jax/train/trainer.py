@@ -128,7 +128,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
 
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  # No global mesh while creating params: flax would constrain boxed initialisers (e.g. a
+  # DenseGeneral kernel before its reshape); out_shardings place them anyway.
+  with nn.logical_axis_rules(rules):
     abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules)
     make_train_input = lambda seed: input_fn(
         config.data, split=config.data.train_split, train=True,
@@ -144,6 +146,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       if not input_restored:  # e.g. another process count: fresh order, not a replay
         train_input = make_train_input(config.seed + latest)
       logging.info("resumed from %s at step %d", checkpointer.directory, latest)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # activation constraints in the step
     train_step = step_lib.make_train_step(model.loss_fn, tx, schedule, shardings, mesh,
                                           config.optimizer.accumulation_steps)
     start_step = int(jax.device_get(state.step))
