@@ -3,7 +3,8 @@
 Run: .venv/bin/python benchmarks/matching.py [--rounds 30]
 
 Problems are DETR-sized: a batch of 32 cost matrices of 100 queries x up to T
-targets, uniform random costs (and one case with DETR matching costs). Timings of the three solvers are interleaved in each round (the CPU is
+targets, uniform random costs (and one case with DETR matching costs). Timings of
+the solvers are interleaved, in a random order, in each round (the CPU is
 shared, so only ratios measured side by side are meaningful); medians are printed.
 """
 import argparse

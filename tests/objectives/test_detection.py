@@ -130,8 +130,9 @@ def test_sharded_jit_uses_global_box_count():
       rng = np.random.default_rng(0)
       B, Q, T, C = 16, 10, 4, 5
       logits = rng.normal(size=(B, Q, C + 1)).astype(np.float32)
-      boxes = np.concatenate([rng.uniform(.2, .8, (B, Q, 2)), rng.uniform(.05, .3, (B, Q, 2))], -1)
-      target_boxes = np.concatenate([rng.uniform(.2, .8, (B, T, 2)), rng.uniform(.05, .3, (B, T, 2))], -1)
+      box = lambda n: np.concatenate([rng.uniform(.2, .8, (B, n, 2)),
+                                      rng.uniform(.05, .3, (B, n, 2))], -1)
+      boxes, target_boxes = box(Q), box(T)
       labels = rng.integers(0, C, (B, T))
       valid = rng.random((B, T)) < 0.6
       args = [logits, boxes.astype(np.float32), labels, target_boxes.astype(np.float32), valid]

@@ -158,7 +158,8 @@ def _solve_batched(costs: jax.Array, valid: jax.Array) -> jax.Array:
     # Extend the tree: the owner of the selected query is scanned next.
     next_row = jnp.maximum(owner, 0)
     parent = path_parent[batch_index, selected]
-    potential = costs[batch_index, selected, next_row] - state.query_potential[batch_index, selected]
+    potential = (costs[batch_index, selected, next_row]
+                 - state.query_potential[batch_index, selected])
     on_path = _take(state.ancestors, parent)  # [B, T] tree path from the root to parent
 
     # Augment: flip the path from the root to the selected free query, update duals.

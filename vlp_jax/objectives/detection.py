@@ -32,11 +32,16 @@ LOSS_NAMES = ("loss_ce", "loss_bbox", "loss_giou")
 def detr_matching_cost(pred_logits: jax.Array, pred_boxes: jax.Array, target_labels: jax.Array,
                        target_boxes: jax.Array, *, class_cost: float = 1.0,
                        bbox_cost: float = 5.0, giou_cost: float = 2.0) -> jax.Array:
-  """Matching cost [B, Q, T] from logits [B, Q, C+1], boxes [B, Q, 4], labels [B, T], boxes [B, T, 4]."""
+  """Matching cost [B, Q, T].
+
+  Args: pred_logits [B, Q, C+1], pred_boxes [B, Q, 4] and target_boxes [B, T, 4] in
+  cxcywh, target_labels [B, T] (out-of-range labels of padded targets are clipped).
+  """
   probs = jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)
   num_queries = probs.shape[1]
   labels = jnp.clip(target_labels, 0, probs.shape[-1] - 1)
-  label_index = jnp.broadcast_to(labels[:, None, :], (labels.shape[0], num_queries, labels.shape[1]))
+  label_index = jnp.broadcast_to(labels[:, None, :],
+                                 (labels.shape[0], num_queries, labels.shape[1]))
   class_term = -jnp.take_along_axis(probs, label_index, axis=-1)
   pred = pred_boxes.astype(jnp.float32)[:, :, None, :]
   target = target_boxes.astype(jnp.float32)[:, None, :, :]
