@@ -68,6 +68,11 @@ def blip_config_from(config: ml_collections.ConfigDict) -> blip.BlipConfig:
   return blip.BlipConfig(**fields)
 
 
+def _without_prefix(metrics: dict[str, float]) -> dict[str, float]:
+  """`retrieval/img2txt_r1` -> `img2txt_r1` (the trainer prefixes the evaluator's name)."""
+  return {name.split("/", 1)[-1]: value for name, value in metrics.items()}
+
+
 def _retrieval_evaluator(model: blip.Blip, rerank_k: int, itm_batch_size: int) -> Evaluator:
   """ITC (and optionally ITM re-ranked) recall@k over the eval split."""
   config = model.config
@@ -107,7 +112,7 @@ def _retrieval_evaluator(model: blip.Blip, rerank_k: int, itm_batch_size: int) -
     itc = data["image_features"] @ data["text_features"].T
     text_to_image = np.arange(itc.shape[0])
     if rerank_k <= 0:
-      return retrieval_lib.retrieval_metrics(itc, text_to_image)
+      return _without_prefix(retrieval_lib.retrieval_metrics(itc, text_to_image))
 
     def score_pairs(image_index: np.ndarray, text_index: np.ndarray) -> np.ndarray:
       count = len(image_index)
@@ -120,7 +125,7 @@ def _retrieval_evaluator(model: blip.Blip, rerank_k: int, itm_batch_size: int) -
 
     img2txt, txt2img = retrieval_lib.rerank_with_itm(itc, score_pairs, k=rerank_k,
                                                      batch_size=itm_batch_size)
-    return retrieval_lib.retrieval_metrics(img2txt, text_to_image, txt2img)
+    return _without_prefix(retrieval_lib.retrieval_metrics(img2txt, text_to_image, txt2img))
 
   return Evaluator(run=run)
 

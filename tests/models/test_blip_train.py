@@ -1,0 +1,40 @@
+"""End to end: `configs/blip.py:tiny` (shrunk) trains on the synthetic shapes set with the trainer."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from vlp_jax.data.tokenizer import dataset_captions, train_sentencepiece
+from vlp_jax.train import trainer
+
+SHAPES = "shapes/64px_train256_validation64_test64"
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(raises=ValueError, strict=True, reason=(
+    "vlp_jax.layers.attention: under the trainer's mesh, flax's param shape check re-runs the "
+    "DenseGeneral initialiser, whose logical-partitioning box constrains the flat rank-2 "
+    "kernel with rank-3 names; passes once the attention projections avoid that"))
+def test_tiny_blip_trains_and_evaluates_on_shapes(shapes_data_dir, tmp_path):
+  tokenizer_path = str(tmp_path / "shapes.model")
+  train_sentencepiece(dataset_captions(SHAPES, shapes_data_dir), vocab_size=200,
+                      output=tokenizer_path)
+  spec = importlib.util.spec_from_file_location("blip_config",
+                                                os.path.join(REPO_ROOT, "configs", "blip.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  config.data.update(name=SHAPES, data_dir=shapes_data_dir, tokenizer=tokenizer_path,
+                     shuffle_buffer=64, max_text_length=16)
+  config.model.update(vision_layers=1, text_layers=1, max_text_length=16, queue_size=32,
+                      eval_rerank_k=4, eval_itm_batch_size=32)
+  config.update(total_steps=4, global_batch_size=16, eval_batch_size=32, log_every_steps=1,
+                checkpoint_every_steps=4, eval_every_steps=0)
+  result = trainer.train(config, str(tmp_path / "run"))
+  assert result.status == "completed" and result.step == 4
+  for name in ("loss", "itc_loss", "itm_loss", "lm_loss"):
+    assert np.isfinite(result.metrics[name]), (name, result.metrics)
+  for name in ("img2txt_r1", "txt2img_r1", "r_mean"):
+    assert 0.0 <= result.eval_metrics[f"retrieval/{name}"] <= 1.0, result.eval_metrics
