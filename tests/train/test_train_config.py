@@ -4,7 +4,7 @@ import os
 import jax
 import pytest
 
-from train_testing import tiny_toy_config
+from train_testing import run_module, tiny_toy_config
 from vlp_jax.train import config as config_lib
 from vlp_jax.train import trainer
 
@@ -63,4 +63,15 @@ def test_train_rejects_bad_config_before_building_anything(tmp_path, monkeypatch
   with pytest.raises(config_lib.ConfigError, match="config.total_step is not a known field"):
     trainer.train(config, str(tmp_path / "run"))
   assert not compiled
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_train_cli_exits_2_naming_the_field(tmp_path):
+  process = run_module("vlp_jax.train", [
+      "--config=configs/toy.py:tiny", f"--workdir={tmp_path / 'run'}", "--config.mesh.data=4",
+      "--config.mesh.fsdp=2", "--config.global_batch_size=12"],
+      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert process.returncode == 2, process.stderr[-2000:]
+  assert ("invalid config: config.global_batch_size=12 does not divide over mesh data*fsdp=8"
+          in process.stderr)
   assert not os.path.exists(tmp_path / "run")
