@@ -263,6 +263,7 @@ class Blip(nn.Module):
 
 def build_blip(config: BlipConfig, *, dtype: Dtype = jnp.float32, remat_policy: str = "none",
                scan_layers: bool = False) -> Blip:
+  """The `Blip` module: params float32, matmuls in `dtype`, blocks remat'ed / scanned as asked."""
   return Blip(config, dtype=dtype, remat_policy=remat_policy, scan_layers=scan_layers)
 
 
