@@ -100,3 +100,22 @@ def test_lm_logits_and_loss_match_hf_captioning(converted):
   smoothing = captioning.config.text_config.label_smoothing
   loss, _ = language.causal_lm_loss(logits, jnp.asarray(ids), jnp.asarray(real), smoothing)
   np.testing.assert_allclose(float(loss), out.loss.item(), rtol=1e-5)
+
+
+def test_base_config_has_hf_blip_base_parameter_count():
+  """ViT-B/16 + BERT-base MED: every HF retrieval parameter, plus the decoder's causal
+  self-attention and LM head from the captioning model, plus the temperature."""
+  from vlp_jax.models import blip_family
+  hf_config = HFBlipConfig(vision_config=dict(image_size=224))
+  with torch.device("meta"):
+    retrieval = BlipForImageTextRetrieval(hf_config)
+    captioning = BlipForConditionalGeneration(hf_config)
+  count = lambda named: sum(t.numel() for _, t in named)
+  decoder_only = count((n, t) for n, t in captioning.named_parameters()
+                       if ".attention." in n or n.startswith("text_decoder.cls.")
+                       and "decoder.weight" not in n and not n.endswith("decoder.bias"))
+  expected = count(retrieval.named_parameters()) + decoder_only + 1
+  config = blip_family.blip_config_from(blip_family.default_config("base"))
+  model = blip.build_blip(config)
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(blip.init_params(model, jax.random.key(0))))
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == expected
