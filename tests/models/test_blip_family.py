@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from vlp_jax.models import blip_family
+from vlp_jax.models import blip, blip_family
 from vlp_jax.train.config import base_config
 
 SMALL = dict(image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
@@ -66,3 +66,30 @@ def test_build_init_loss_and_retrieval_evaluator():
   assert set(results) >= {"img2txt_r1", "txt2img_r1", "r_mean"}
   # 6 real pairs (the masked ones dropped): every ground truth ranks within the top 10.
   assert results["img2txt_r10"] == 1.0 and results["txt2img_r10"] == 1.0
+
+
+class _WordTokenizer:
+  """Test tokenizer over ids: word i <-> "w{i}"; ids below 8 are special (dropped)."""
+
+  def encode(self, text: str) -> list[int]:
+    return [int(word[1:]) for word in text.split()]
+
+  def decode(self, ids) -> str:
+    return " ".join(f"w{int(i)}" for i in ids if int(i) >= 8)
+
+
+def test_captioning_evaluator_strips_prompt_and_scores():
+  config = _config(eval_caption_prompt="w9 w10", eval_caption_max_length=6,
+                   eval_caption_min_length=0, eval_caption_num_beams=2)
+  model = blip_family.build(config)
+  params, _ = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0)))
+  blip_model = blip.build_blip(blip_family.blip_config_from(config))
+  evaluator = blip_family._captioning_evaluator(blip_model, _WordTokenizer(), config.model)
+  batches = [_batch(1), _batch(2)]
+  results = evaluator.run(params, None, batches)
+  assert set(results) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider"}
+  assert all(np.isfinite(value) for value in results.values())
+  sequences = jax.jit(lambda p, x: blip.caption(
+      blip_model, p, x, max_length=6, num_beams=2, prompt_ids=jnp.asarray([9, 10])))(
+          params, batches[0]["image"]).sequences
+  np.testing.assert_array_equal(sequences[:, :3], [[6, 9, 10]] * 4)

@@ -29,7 +29,7 @@ def test_tiny_blip_trains_and_evaluates_on_shapes(shapes_data_dir, tmp_path):
   config.data.update(name=SHAPES, data_dir=shapes_data_dir, tokenizer=tokenizer_path,
                      shuffle_buffer=64, max_text_length=16)
   config.model.update(vision_layers=1, text_layers=1, max_text_length=16, queue_size=32,
-                      eval_rerank_k=4, eval_itm_batch_size=32)
+                      eval_rerank_k=4, eval_itm_batch_size=32, eval_caption_max_length=10)
   config.update(total_steps=4, global_batch_size=16, eval_batch_size=32, log_every_steps=1,
                 checkpoint_every_steps=4, eval_every_steps=0)
   result = trainer.train(config, str(tmp_path / "run"))
@@ -38,3 +38,5 @@ def test_tiny_blip_trains_and_evaluates_on_shapes(shapes_data_dir, tmp_path):
     assert np.isfinite(result.metrics[name]), (name, result.metrics)
   for name in ("img2txt_r1", "txt2img_r1", "r_mean"):
     assert 0.0 <= result.eval_metrics[f"retrieval/{name}"] <= 1.0, result.eval_metrics
+  for name in ("bleu4", "cider"):
+    assert np.isfinite(result.eval_metrics[f"captioning/{name}"]), result.eval_metrics

@@ -8,9 +8,13 @@ model always matches it; otherwise the `model` values are used as given.
 
 `extra_state` = {"momentum", "queue", "step"} (see `vlp_jax.models.blip`). The queue must be
 a multiple of the batch the loss sees: `global_batch_size / optimizer.accumulation_steps`.
-Evaluator `retrieval`: recall@1/5/10 both ways over the eval split (one caption per image),
-ranked by ITC similarity, and re-ranked by ITM + ITC over each query's top `eval_rerank_k`
-candidates when that is > 0 (BLIP's protocol).
+Evaluators:
+- `retrieval`: recall@1/5/10 both ways over the eval split (one caption per image), ranked by
+  ITC similarity, and re-ranked by ITM + ITC over each query's top `eval_rerank_k` candidates
+  when that is > 0 (BLIP's protocol).
+- `captioning` (only with `data.tokenizer`): BLEU-1..4 and CIDEr-D of captions decoded with
+  BLIP's settings (prompt "a picture of ", beam 3, 5 to 20 tokens; the prompt is stripped)
+  against the batch's reference text(s): `text_ids` [B, L], or [B, K, L] with `text_valid`.
 """
 import dataclasses
 from collections.abc import Iterable
@@ -21,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vlp_jax.evaluators import caption_metrics as caption_lib
 from vlp_jax.evaluators import retrieval_metrics as retrieval_lib
 from vlp_jax.models import blip
 from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
@@ -32,7 +37,9 @@ _TINY = dict(
     queue_size=256, alpha_ramp_steps=100)
 _BASE = dict(image_size=224, text_dropout_rate=0.1, vocab_size=30524, queue_size=57600)
 _VARIANTS = {"tiny": _TINY, "base": _BASE}
-_EVAL_FIELDS = dict(eval_rerank_k=0, eval_itm_batch_size=64)
+_EVAL_FIELDS = dict(eval_rerank_k=0, eval_itm_batch_size=64, eval_caption_prompt="a picture of ",
+                    eval_caption_max_length=20, eval_caption_min_length=5,
+                    eval_caption_num_beams=3)
 
 
 def default_config(variant: str) -> ml_collections.ConfigDict:
@@ -55,13 +62,20 @@ def default_config(variant: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(model=model, data=data))
 
 
+def _load_tokenizer(config: ml_collections.ConfigDict) -> Any:
+  """The run's tokenizer, or None when `data.tokenizer` is not set."""
+  if not config.data.get("tokenizer"):
+    return None
+  from vlp_jax.data.tokenizer import load_tokenizer  # TensorFlow only when needed
+  return load_tokenizer(config.data.tokenizer, config.data.get("tokenizer_lower_case", True))
+
+
 def blip_config_from(config: ml_collections.ConfigDict) -> blip.BlipConfig:
   """BlipConfig from `config.model`, with vocabulary and special ids from `data.tokenizer`."""
   names = {field.name for field in dataclasses.fields(blip.BlipConfig)}
   fields = {name: config.model[name] for name in names if name in config.model}
-  if config.data.get("tokenizer"):
-    from vlp_jax.data.tokenizer import load_tokenizer  # TensorFlow only when needed
-    tokenizer = load_tokenizer(config.data.tokenizer, config.data.get("tokenizer_lower_case", True))
+  tokenizer = _load_tokenizer(config)
+  if tokenizer is not None:
     fields.update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
                   cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, enc_id=tokenizer.enc_id,
                   dec_id=tokenizer.dec_id)
@@ -130,6 +144,46 @@ def _retrieval_evaluator(model: blip.Blip, rerank_k: int, itm_batch_size: int) -
   return Evaluator(run=run)
 
 
+def _reference_texts(batch: dict[str, Any], row: int, tokenizer: Any) -> list[str]:
+  """Decoded reference captions of one example: text_ids [L] or [K, L] (+ text_valid [K])."""
+  ids = np.asarray(batch["text_ids"])[row]
+  if ids.ndim == 1:
+    return [tokenizer.decode(ids)]
+  valid = np.asarray(batch.get("text_valid", np.ones(ids.shape[:1], bool)))[row]
+  return [tokenizer.decode(caption) for caption, ok in zip(ids, valid) if ok]
+
+
+def _captioning_evaluator(model: blip.Blip, tokenizer: Any,
+                          model_config: ml_collections.ConfigDict) -> Evaluator:
+  """BLEU / CIDEr-D of prompted beam-search captions against the eval references."""
+  prompt = model_config.get("eval_caption_prompt", "")
+  prompt_ids = np.asarray(tokenizer.encode(prompt), np.int32) if prompt else None
+  num_beams = model_config.get("eval_caption_num_beams", 3)
+  skip = 1 + (0 if prompt_ids is None else len(prompt_ids))  # [DEC] and the prompt
+
+  @jax.jit
+  def generate(params: Any, images: jax.Array) -> jax.Array:
+    return blip.caption(
+        model, params, images, max_length=model_config.get("eval_caption_max_length", 20),
+        min_length=model_config.get("eval_caption_min_length", 5),
+        method="beam" if num_beams > 1 else "greedy", num_beams=num_beams,
+        prompt_ids=None if prompt_ids is None else jnp.asarray(prompt_ids)).sequences
+
+  def run(params: Any, extra_state: Any, batches: Iterable[dict[str, jax.Array]]
+          ) -> dict[str, float]:
+    del extra_state
+    references, candidates = {}, {}
+    for batch in batches:
+      sequences = np.asarray(jax.device_get(generate(params, batch["image"])))
+      for row in np.flatnonzero(np.asarray(batch["mask"], bool)):
+        key = len(candidates)
+        candidates[key] = tokenizer.decode(sequences[row, skip:])
+        references[key] = _reference_texts(batch, row, tokenizer)
+    return _without_prefix(caption_lib.caption_metrics(references, candidates))
+
+  return Evaluator(run=run)
+
+
 def build(config: ml_collections.ConfigDict) -> TrainableModel:
   """The BLIP `TrainableModel` for a full run config."""
   blip_config = blip_config_from(config)
@@ -141,10 +195,12 @@ def build(config: ml_collections.ConfigDict) -> TrainableModel:
     params = blip.init_params(model, params_rng)
     return params, blip.init_extra_state(params, queue_rng, blip_config)
 
-  evaluator = _retrieval_evaluator(model, config.model.get("eval_rerank_k", 0),
-                                   config.model.get("eval_itm_batch_size", 64))
-  return TrainableModel(init=init, loss_fn=blip.loss_fn_for(model),
-                        evaluators={"retrieval": evaluator})
+  evaluators = {"retrieval": _retrieval_evaluator(
+      model, config.model.get("eval_rerank_k", 0), config.model.get("eval_itm_batch_size", 64))}
+  tokenizer = _load_tokenizer(config)
+  if tokenizer is not None:
+    evaluators["captioning"] = _captioning_evaluator(model, tokenizer, config.model)
+  return TrainableModel(init=init, loss_fn=blip.loss_fn_for(model), evaluators=evaluators)
 
 
 FAMILY = ModelFamily(name="blip", default_config=default_config, build=build)
