@@ -111,6 +111,9 @@ def test_loss_terms_finite_and_state_advances(model_and_params, train_step):
   np.testing.assert_allclose(loss, metrics["itc_loss"] + metrics["itm_loss"]
                              + metrics["lm_loss"], rtol=1e-5)
   assert int(new_extra["step"]) == 1 and int(new_extra["queue"].pointer) == BATCH
+  # The momentum text encoder is unimodal: no copies of decoder / cross-attention params.
+  assert set(new_extra["momentum"]["text"]["encoder"]["layers_0"]) == {"self_attention",
+                                                                       "feed_forward"}
   # EMA of identical trees is the identity; the queue's first rows now hold the batch.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
                new_extra["momentum"], blip.momentum_subtree(params))

@@ -38,7 +38,7 @@ HF's text models have no pooler here (`add_pooling_layer=False`).
 
 Training (`blip_loss`): one image forward and three text forwards per pair plus the momentum
 encoders, ITC + ITM + LM with configurable weights; state in `extra_state` =
-{"momentum": EMA copies of vision/text/vision_proj/text_proj, "queue": FeatureQueue,
+{"momentum": EMA copies of vision/text (unimodal parts)/vision_proj/text_proj, "queue": FeatureQueue,
 "step": int32}. Captioning: `caption` runs `vlp_jax.decoding` with a KV cache.
 """
 import dataclasses
@@ -277,8 +277,17 @@ def init_params(model: Blip, rng: jax.Array, *, image_size: int | None = None,
 
 
 def momentum_subtree(params: PyTree) -> dict[str, PyTree]:
-  """The parts of `params` with momentum copies (BLIP: visual encoder, text encoder, projections)."""
-  return {name: params[name] for name in MOMENTUM_MODULES}
+  """The parts of `params` with momentum copies (BLIP: visual encoder, text encoder, projections).
+
+  The momentum text encoder only runs unimodally, so its copy leaves out the layers' causal
+  self-attention and cross-attention (BLIP keeps EMA copies of them that nothing reads).
+  """
+  subtree = {name: params[name] for name in MOMENTUM_MODULES}
+  unused = (CAUSAL_SELF_ATTENTION, "cross_attention")
+  layers = {name: {key: value for key, value in layer.items() if key not in unused}
+            for name, layer in params["text"]["encoder"].items()}
+  subtree["text"] = {**params["text"], "encoder": layers}
+  return subtree
 
 
 def init_extra_state(params: PyTree, rng: jax.Array, config: BlipConfig) -> dict[str, Any]:
