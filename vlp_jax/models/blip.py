@@ -429,7 +429,8 @@ def caption(model: Blip, params: PyTree, images: Array, *, max_length: int = 30,
   bos = jnp.full((images.shape[0],), c.dec_id, jnp.int32)
   return decoding.decode(decode_step_fn(model, params, image_embeds.shape[-1]), cache, bos,
                          max_length=max_length, eos_id=c.sep_id, pad_id=c.pad_id, method=method,
-                         num_beams=num_beams if method == "beam" else 1, top_p=top_p, prompt_ids=prompt_ids, rng=rng,
+                         num_beams=num_beams if method == "beam" else 1, top_p=top_p,
+                         prompt_ids=prompt_ids, rng=rng,
                          **decode_kwargs)
 
 

@@ -118,7 +118,8 @@ def _retrieval_evaluator(model: blip.Blip, rerank_k: int, itm_batch_size: int) -
     for batch in batches:
       real = np.asarray(batch["mask"], bool)
       outputs = jax.device_get(embed(params, batch))
-      outputs.update(text_ids=np.asarray(batch["text_ids"]), text_mask=np.asarray(batch["text_mask"]))
+      outputs.update(text_ids=np.asarray(batch["text_ids"]),
+                     text_mask=np.asarray(batch["text_mask"]))
       for name, value in outputs.items():
         if name != "image_embeds" or rerank_k > 0:
           parts.setdefault(name, []).append(np.asarray(value)[real])

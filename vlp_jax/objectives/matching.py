@@ -53,8 +53,10 @@ def sample_hard_negatives(rng: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array
   Every row needs at least one allowed column (B >= 2, not all the batch one image).
   """
   text_rng, image_rng = jax.random.split(rng)
-  text_for_image = jax.random.categorical(text_rng, negative_log_weights(sim_i2t, image_ids, floor))
-  image_for_text = jax.random.categorical(image_rng, negative_log_weights(sim_t2i, image_ids, floor))
+  text_for_image = jax.random.categorical(text_rng,
+                                          negative_log_weights(sim_i2t, image_ids, floor))
+  image_for_text = jax.random.categorical(image_rng,
+                                          negative_log_weights(sim_t2i, image_ids, floor))
   return HardNegatives(text_for_image.astype(jnp.int32), image_for_text.astype(jnp.int32))
 
 
