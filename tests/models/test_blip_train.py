@@ -13,10 +13,6 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=ValueError, strict=True, reason=(
-    "vlp_jax.layers.attention: under the trainer's mesh, flax's param shape check re-runs the "
-    "DenseGeneral initialiser, whose logical-partitioning box constrains the flat rank-2 "
-    "kernel with rank-3 names; passes once the attention projections avoid that"))
 def test_tiny_blip_trains_and_evaluates_on_shapes(shapes_data_dir, tmp_path):
   tokenizer_path = str(tmp_path / "shapes.model")
   train_sentencepiece(dataset_captions(SHAPES, shapes_data_dir), vocab_size=200,

@@ -20,6 +20,7 @@ Incremental decoding (`decode=True`, mutable 'cache' collection):
   and the real memory (this fills the cross-attention cache with the current params).
 """
 import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -77,6 +78,52 @@ def attention_with_dropout(query: Array, key: Array, value: Array, mask: Array |
   return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
 
 
+class HeadProjection(nn.Module):
+  """Dense layer whose kernel is created at its final N-D shape, e.g. [D, H, Dh].
+
+  Contracts the last `num_contracted` axes of the input with the leading kernel axes.
+  The kernel is initialised as a flat [prod(in), prod(out)] matrix and reshaped, so its
+  statistics equal a 2-D Dense layer's, while its logical axis names always apply to an
+  array of the right rank (flax's DenseGeneral constrains the flat matrix, which fails
+  under a global mesh).
+
+  Attributes:
+    out_shape: trailing output axes, e.g. (H, Dh) or (Do,).
+    num_contracted: input axes contracted: 1 for [.., D] inputs, 2 for [.., H, Dh].
+    axis_names: logical names of the kernel axes (contracted axes first); the bias takes
+      the output axes' names.
+  """
+  out_shape: tuple[int, ...]
+  num_contracted: int
+  axis_names: tuple[str, ...]
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+  bias_init: Initializer = default_bias_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """[..., *in_shape] -> [..., *out_shape]."""
+    in_shape = x.shape[x.ndim - self.num_contracted:]
+    flat_shape = (math.prod(in_shape), math.prod(self.out_shape))
+
+    def init_kernel(rng: jax.Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
+      return self.kernel_init(rng, flat_shape, dtype).reshape(shape)
+
+    kernel = self.param("kernel", nn.with_logical_partitioning(init_kernel, self.axis_names),
+                        in_shape + self.out_shape, self.param_dtype)
+    contracted = tuple(range(x.ndim - self.num_contracted, x.ndim))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((contracted, tuple(range(self.num_contracted))), ((), ())))
+    if self.use_bias:
+      bias_names = self.axis_names[self.num_contracted:]
+      bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, bias_names),
+                        self.out_shape, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention: self (`inputs_kv=None`), cross, causal; KV cache for decoding.
 
@@ -97,13 +144,12 @@ class MultiHeadAttention(nn.Module):
   kernel_init: Initializer = default_kernel_init
   bias_init: Initializer = default_bias_init
 
-  def _projection(self, name: str, head_dim: int) -> nn.DenseGeneral:
-    return nn.DenseGeneral(
-        features=(self.num_heads, head_dim), axis=-1, use_bias=self.use_bias,
-        dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "heads", "kv")),
-        bias_init=nn.with_logical_partitioning(self.bias_init, ("heads", "kv")),
-        name=name)
+  def _projection(self, name: str, head_dim: int) -> HeadProjection:
+    return HeadProjection(
+        out_shape=(self.num_heads, head_dim), num_contracted=1,
+        axis_names=("embed", "heads", "kv"), use_bias=self.use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+        bias_init=self.bias_init, name=name)
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, *,
@@ -173,15 +219,14 @@ class MultiHeadAttention(nn.Module):
                                              is_causal=causal)
     context = nn.with_logical_constraint(context, BATCH_LENGTH_HEADS_KV)
 
-    out = nn.DenseGeneral(
-        features=self.out_features or query_width, axis=(-2, -1), use_bias=self.use_bias,
-        dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("heads", "kv", "embed")),
-        bias_init=nn.with_logical_partitioning(self.bias_init, ("embed",)),
-        name="out")(context)
+    out = HeadProjection(
+        out_shape=(self.out_features or query_width,), num_contracted=2,
+        axis_names=("heads", "kv", "embed"), use_bias=self.use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+        bias_init=self.bias_init, name="out")(context)
     return nn.with_logical_constraint(out, BATCH_LENGTH_EMBED)
 
-  def _cached_memory_projection(self, key_module: nn.Module, value_module: nn.Module,
+  def _cached_memory_projection(self, key_module: HeadProjection, value_module: HeadProjection,
                                 keys_in: Array, values_in: Array) -> tuple[Array, Array]:
     """Cross-attention keys/values [B, S, H, Dh], projected once and then read from cache."""
     if self.has_variable("cache", "cached_key"):

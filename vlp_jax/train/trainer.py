@@ -128,8 +128,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   tx, schedule = optim.make_optimizer(config.optimizer, config.total_steps)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
 
-  # No global mesh while creating params: flax would constrain boxed initialisers (e.g. a
-  # DenseGeneral kernel before its reshape); out_shardings place them anyway.
+  # Params are created and restored outside the global mesh: `out_shardings` place them,
+  # and the step below runs under the mesh so activation constraints apply.
   with nn.logical_axis_rules(rules):
     abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules)
     make_train_input = lambda seed: input_fn(
