@@ -1,5 +1,4 @@
 """Shared helpers for the trainer tests: tiny toy configs, runs in subprocesses, metrics."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -8,6 +7,7 @@ from typing import Any
 import ml_collections
 
 from vlp_jax.train import metrics as metrics_lib
+from vlp_jax.train.config import load_config_file
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -20,11 +20,7 @@ TINY_OVERRIDES = {
 
 def tiny_toy_config(**overrides: Any) -> ml_collections.ConfigDict:
   """`configs/toy.py:tiny` with `TINY_OVERRIDES` and `overrides` ('a.b' keys allowed)."""
-  spec = importlib.util.spec_from_file_location("toy_config",
-                                                os.path.join(REPO_ROOT, "configs", "toy.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
+  config = load_config_file(os.path.join(REPO_ROOT, "configs", "toy.py:tiny"))
   for field, value in {**TINY_OVERRIDES, **overrides}.items():
     target = config
     *parents, name = field.split(".")

@@ -1,7 +1,6 @@
 """A tf.data iterator that yields numpy batches and can save and restore its position."""
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -22,8 +21,8 @@ class CheckpointableIterator(Iterator[dict[str, np.ndarray]]):
     self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
 
   def __next__(self) -> dict[str, np.ndarray]:
-    element = next(self._iterator)
-    return tf.nest.map_structure(_to_numpy, element)
+    """The next element as read-only numpy views of TensorFlow's buffers (no copy)."""
+    return tf.nest.map_structure(np.asarray, next(self._iterator))
 
   def save(self, directory: str) -> None:
     """Writes the iterator position under `directory` (created if missing)."""
@@ -34,6 +33,3 @@ class CheckpointableIterator(Iterator[dict[str, np.ndarray]]):
     """Restores a position written by `save` (from an iterator over the same pipeline)."""
     self._checkpoint.read(os.path.join(directory, _CHECKPOINT_PREFIX)).assert_consumed()
 
-
-def _to_numpy(tensor: Any) -> np.ndarray:
-  return tensor.numpy() if hasattr(tensor, "numpy") else np.asarray(tensor)

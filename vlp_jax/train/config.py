@@ -6,6 +6,7 @@ defaults (`ModelFamily.default_config`). `validate_config` rejects, with a messa
 field, anything that would otherwise fail late: unknown fields, a mesh that does not match the
 devices, a batch that does not divide over the data axes, a missing dataset.
 """
+import importlib.util
 import os
 
 import ml_collections
@@ -19,6 +20,18 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 class ConfigError(ValueError):
   """A run config that cannot work; the message names the offending field."""
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """The config of `path/to/config.py[:variant]`, as `--config=` takes it on the command line."""
+  path, _, variant = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  if module_spec is None:
+    raise ConfigError(f"config file {path!r} cannot be loaded")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
 
 
 def default_optimizer_config() -> ml_collections.ConfigDict:
