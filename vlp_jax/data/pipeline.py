@@ -7,6 +7,7 @@
 `data_config` fields (defaults in `default_data_config()`):
   name: TFDS name incl. config, e.g. "shapes/64px" (required).
   data_dir: TFDS data_dir (None: TFDS default).
+  train_split / eval_split: the splits the trainer trains on / evaluates on ("train", "validation").
   tokenizer: tokenizer path (`*.model` SentencePiece or `vocab.txt` WordPiece); needed by `tokenize`.
   tokenizer_lower_case: WordPiece lower-casing + accent stripping (True).
   max_text_length: default length L of `tokenize` (32).
@@ -78,6 +79,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "name": "",
       "data_dir": None,
+      "train_split": "train",  # the split the trainer trains on
+      "eval_split": "validation",  # the split its evaluators read unless they name one
       "tokenizer": "",
       "tokenizer_lower_case": True,
       "max_text_length": 32,
