@@ -13,8 +13,8 @@ Normalisation (`norm`):
   to carry in the trainer's `extra_state`, same result under any sharding. Default.
 - "frozen_batch": DETR's FrozenBatchNorm2d, `y = (x - mean) / sqrt(var + eps) * scale + bias`
   with all four per-channel vectors stored as params (to load torchvision weights) and read
-  through `stop_gradient`, so gradients never change them; exclude `.*/norm.*/` from weight
-  decay (or freeze them by regex in the optimiser) to keep them exactly fixed.
+  through `stop_gradient`, so gradients never change them (and as 1-D params the optimiser
+  never decays them: AdamW leaves them exactly fixed).
 Training BatchNorm (batch statistics) is not offered: its running stats would have to live in
 `extra_state` and be all-reduced across devices, and DETR / E2E-VLP freeze them anyway.
 
