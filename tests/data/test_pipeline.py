@@ -60,7 +60,8 @@ def test_train_batch_shapes_and_dtypes(data_config):
   batch = next(iterator)
   expected = {"image": ((16, 48, 48, 3), np.float32), "image_id": ((16,), np.int64),
               "text_ids": ((16, 24), np.int32), "text_mask": ((16, 24), np.int32),
-              "boxes": ((16, 6, 4), np.float32), "labels": ((16, 6), np.int32), "box_valid": ((16, 6), bool)}
+              "boxes": ((16, 6, 4), np.float32), "labels": ((16, 6), np.int32), "box_valid": ((16, 6), bool),
+              "colours": ((16, 6), np.int32)}
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
   assert batch["image"].min() >= -1 and batch["image"].max() <= 1
   assert (batch["text_ids"][:, 0] == load_tokenizer(data_config["tokenizer"]).cls_id).all()

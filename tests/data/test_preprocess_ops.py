@@ -187,3 +187,12 @@ def test_pad_objects_formats():
   out = ops.parse_ops("pad_objects(2)")(example)
   np.testing.assert_allclose(out["boxes"].numpy(), [[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]])
   assert out["box_valid"].numpy().all()
+
+
+def test_pad_objects_carries_colours_and_crops_drop_them_with_their_boxes():
+  example = {"boxes": tf.constant([[0.0, 0.0, 0.2, 0.2], [0.6, 0.6, 1.0, 1.0]]),
+             "labels": tf.constant([1, 2], tf.int64), "colours": tf.constant([4, 5], tf.int64)}
+  out = ops.parse_ops("pad_objects(3)")(example)
+  assert out["colours"].numpy().tolist() == [4, 5, -1] and out["colours"].dtype == tf.int32
+  cropped = ops._crop_objects(example, tf.constant([10, 10]), tf.constant([5, 5]), tf.constant([5, 5]))
+  assert cropped["labels"].numpy().tolist() == [2] and cropped["colours"].numpy().tolist() == [5]

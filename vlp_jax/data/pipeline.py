@@ -18,7 +18,7 @@
   cache: cache the decoded-from-disk (still JPEG-encoded) examples in memory (False).
   require_captions: skip examples with no non-empty caption (True).
   source_features: which optional TFDS features reach the ops, of "captions", "objects" (boxes,
-    labels), "questions" (questions, answers, question_types), "referring"
+    labels, colours), "questions" (questions, answers, question_types), "referring"
     (referring_expressions, referring_object_index); default ("captions", "objects").
   prefetch_batches: batches prepared ahead (1); each one is also saved in iterator checkpoints.
 
@@ -34,7 +34,8 @@ image with `all_captions(K)` (text_ids [B, K, L], text_valid [B, K]) - the retri
 
 Batch (with the default specs; ops decide): image float32 [B, H, W, 3], image_id int64 [B],
 text_ids int32 [B, L], text_mask int32 [B, L] (1 = token), and with `pad_objects(N)` boxes
-float32 [B, N, 4] normalised xyxy (or cxcywh), labels int32 [B, N], box_valid bool [B, N];
+float32 [B, N, 4] normalised xyxy (or cxcywh), labels int32 [B, N], colours int32 [B, N] (-1
+unknown; when the source has them), box_valid bool [B, N];
 eval adds mask bool [B]. String features and variable-length source features are dropped.
 
 An iterator checkpoint holds the shuffle buffer (encoded JPEGs), the images in flight in the
@@ -70,7 +71,7 @@ _NO_CAPTION_KEY = "_skipped_no_caption"
 _COUNTER_KEYS = (_LAST_INDEX_KEY, _UNDECODABLE_KEY, _NO_CAPTION_KEY)
 _OPTIONAL_SOURCE_FEATURES = ("captions", "objects", "questions", "referring")
 # Source features that may stay variable-length: dropped before batching unless an op made them fixed.
-_SOURCE_KEYS = ("captions", "boxes", "labels", "questions", "answers", "question_types", "referring_expressions",
+_SOURCE_KEYS = ("captions", "boxes", "labels", "colours", "questions", "answers", "question_types", "referring_expressions",
                 "referring_object_index")
 
 
@@ -218,6 +219,8 @@ def source_example(features: Mapping, keep: tuple[str, ...] = _OPTIONAL_SOURCE_F
     bbox = tf.reshape(tf.cast(features["objects"]["bbox"], tf.float32), [-1, 4])  # ymin, xmin, ymax, xmax
     example["boxes"] = tf.gather(bbox, [1, 0, 3, 2], axis=1)
     example["labels"] = tf.cast(features["objects"]["label"], tf.int64)
+    if "colour" in features["objects"]:
+      example["colours"] = tf.cast(features["objects"]["colour"], tf.int64)
   if "questions" in keep and "questions" in features:
     example["questions"] = features["questions"]["question"]
     example["answers"] = features["questions"]["answers"]

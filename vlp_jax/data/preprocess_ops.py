@@ -10,7 +10,8 @@ Keys of an example (from `pipeline.source_example`):
   image: tf.string JPEG bytes; after `decode` uint8 [H, W, 3]; after a resize float32 [S, S, 3].
   image_id: int64 [].
   captions: tf.string [K] (non-empty captions).
-  boxes: float32 [N, 4] normalised (x1, y1, x2, y2) in [0, 1]; labels: int64 [N].
+  boxes: float32 [N, 4] normalised (x1, y1, x2, y2) in [0, 1]; labels: int64 [N];
+    colours: int64 [N] (when the source has them; -1 unknown).
   questions: tf.string [Q]; answers: tf.string [Q, 10]; question_types: tf.string [Q].
   referring_expressions: tf.string [R]; referring_object_index: int64 [R] (index into boxes, -1 if gone).
 
@@ -32,7 +33,8 @@ Ops (arguments as in the spec string):
                             -> `{key}_ids` int32 [..., L] ([BOS] tokens [EOS] [PAD]...), `{key}_mask`
                             int32 [..., L]; bos/eos in {"cls", "sep", "enc", "dec", None}; truncates.
   pad_objects(max_objects, box_format="xyxy")  -> `boxes` float32 [M, 4] ("xyxy" or "cxcywh"),
-                            `labels` int32 [M], `box_valid` bool [M] (extra objects are dropped).
+                            `labels` int32 [M], `box_valid` bool [M] (extra objects are dropped),
+                            and `colours` int32 [M] (padded with -1) when the example has them.
 
 tokenize is batchable: when it ends a training spec, the pipeline runs it once per batch
 (vectorised) instead of per example; put it last for speed. (Pixel ops stay per example: on
@@ -186,8 +188,9 @@ def _crop_objects(example: Example, image_hw: tf.Tensor, begin: tf.Tensor, size:
   boxes = tf.clip_by_value((example["boxes"] - offset) / extent, 0.0, 1.0)
   keep = tf.reduce_all(boxes[:, 2:] > boxes[:, :2], axis=1)
   example = {**example, "boxes": tf.boolean_mask(boxes, keep)}
-  if "labels" in example:
-    example["labels"] = tf.boolean_mask(example["labels"], keep)
+  for key in ("labels", "colours"):
+    if key in example:
+      example[key] = tf.boolean_mask(example[key], keep)
   if "referring_object_index" in example:
     new_index = tf.where(keep, tf.cumsum(tf.cast(keep, tf.int64)) - 1, -1)
     old_index = example["referring_object_index"]
@@ -372,10 +375,14 @@ def pad_objects(max_objects: int, box_format: str = "xyxy") -> Op:
       boxes = tf.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=-1)
     count = tf.shape(boxes)[0]
     padding = max_objects - count
-    return {
+    padded = {
         **example,
         "boxes": tf.ensure_shape(tf.pad(boxes, [[0, padding], [0, 0]]), [max_objects, 4]),
         "labels": tf.ensure_shape(tf.pad(labels, [[0, padding]]), [max_objects]),
         "box_valid": tf.range(max_objects) < count,
     }
+    if "colours" in example:
+      colours = tf.cast(example["colours"][:max_objects], tf.int32)
+      padded["colours"] = tf.ensure_shape(tf.pad(colours, [[0, padding]], constant_values=-1), [max_objects])
+    return padded
   return op
