@@ -230,12 +230,13 @@ class E2EVLP(nn.Module):
 
   def __call__(self, images: Array, token_ids: Array, text_mask: Array, *,
                deterministic: bool = True) -> dict[str, Array]:
-    """Every forward once (used by `init`): MLM/ITM logits, detections, caption logits."""
+    """Every forward once (used by `init`): MLM logits [B, T, V], ITM [B, 2], detections
+    (see `detect_objects`), caption logits [B, T, V] (token_ids used as the caption)."""
     image_tokens, image_pos = self.encode_image(images)
     hidden = self.encode(token_ids, text_mask, image_tokens, image_pos,
                          deterministic=deterministic)
     memory = self.image_memory(image_tokens, image_pos, deterministic=deterministic)
-    return {"mlm_logits": self.mlm_logits(hidden), "itm_logits": self.itm_logits(hidden),
+    return {"mlm_logits": self.mlm_logits(hidden[:, :token_ids.shape[1]]), "itm_logits": self.itm_logits(hidden),
             **self.detect_objects(memory, image_pos, deterministic=deterministic),
             "caption_logits": self.caption_logits(token_ids, memory, image_pos,
                                                   deterministic=deterministic)}

@@ -67,6 +67,7 @@ class ModelFamily:
 _FAMILY_MODULES: dict[str, str] = {
     "toy": "vlp_jax.models.toy",
     "blip": "vlp_jax.models.blip_family",
+    "e2e_vlp": "vlp_jax.models.e2e_vlp_family",
 }
 
 

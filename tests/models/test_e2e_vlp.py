@@ -1,0 +1,176 @@
+"""E2E-VLP: output shapes, logical names, the combined loss and grads, overfitting detection,
+cached captioning vs the full causal forward, `detect`, and the family's configs."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vlp_jax.models import e2e_vlp, e2e_vlp_family
+from vlp_jax.models.registry import get_family
+
+CONFIG = e2e_vlp.E2EVLPConfig(
+    image_size=32, resnet_depth=0, resnet_stage_blocks=(1, 1, 1), resnet_stage_widths=(8, 16, 32),
+    resnet_stage_strides=(1, 2, 2), resnet_stem_width=8, resnet_norm="group", width=32, heads=2,
+    mlp_dim=64, encoder_layers=1, decoder_layers=2, dropout_rate=0.0, vocab_size=40,
+    max_text_length=16, num_queries=6, num_classes=5, num_attributes=6)
+BATCH, LENGTH, OBJECTS, GRID = 4, 8, 3, 4  # 32 px at stride 8: a 4x4 grid
+
+
+def _batch(seed: int = 0) -> dict[str, jnp.ndarray]:
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(8, CONFIG.vocab_size, size=(BATCH, LENGTH)).astype(np.int32)
+  for row, length in enumerate([8, 6, 5, 7]):
+    ids[row, 0], ids[row, length - 1], ids[row, length:] = CONFIG.cls_id, CONFIG.sep_id, 0
+  centres = rng.uniform(0.25, 0.75, size=(BATCH, OBJECTS, 2))
+  sizes = rng.uniform(0.1, 0.4, size=(BATCH, OBJECTS, 2))
+  return {"image": jnp.asarray(rng.normal(size=(BATCH, 32, 32, 3)), jnp.float32),
+          "text_ids": jnp.asarray(ids), "text_mask": jnp.asarray(ids != 0, jnp.int32),
+          "boxes": jnp.asarray(np.concatenate([centres, sizes], -1), jnp.float32),
+          "labels": jnp.asarray(rng.integers(0, 5, size=(BATCH, OBJECTS)), jnp.int32),
+          "box_valid": jnp.asarray(np.arange(OBJECTS)[None] < np.array([[3], [1], [2], [3]])),
+          "attributes": jnp.asarray(rng.integers(-1, 6, size=(BATCH, OBJECTS)), jnp.int32)}
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+  model = e2e_vlp.build_e2e_vlp(CONFIG)
+  boxed = jax.jit(functools.partial(e2e_vlp.init_params, model))(jax.random.PRNGKey(0))
+  return model, boxed
+
+
+def test_output_shapes(model_and_params):
+  model, boxed = model_and_params
+  batch = _batch()
+  out = jax.jit(model.apply)({"params": nn.unbox(boxed)}, batch["image"], batch["text_ids"],
+                             batch["text_mask"].astype(bool))
+  layers, queries, v = CONFIG.decoder_layers, CONFIG.num_queries, CONFIG.vocab_size
+  assert out["mlm_logits"].shape == (BATCH, LENGTH, v)
+  assert out["itm_logits"].shape == (BATCH, 2)
+  assert out["logits"].shape == (layers, BATCH, queries, CONFIG.num_classes + 1)
+  assert out["boxes"].shape == (layers, BATCH, queries, 4)
+  assert out["attributes"].shape == (layers, BATCH, queries, CONFIG.num_attributes)
+  assert out["caption_logits"].shape == (BATCH, LENGTH, v)
+  assert np.all((out["boxes"] >= 0) & (out["boxes"] <= 1))
+  tokens, pos = model.apply({"params": nn.unbox(boxed)}, batch["image"],
+                            method=e2e_vlp.E2EVLP.encode_image)
+  assert tokens.shape == (BATCH, GRID * GRID, CONFIG.width) and pos.shape == (GRID * GRID,
+                                                                               CONFIG.width)
+
+
+def test_every_param_has_logical_names(model_and_params):
+  _, boxed = model_and_params
+  leaves = jax.tree_util.tree_flatten_with_path(
+      boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]
+  for path, leaf in leaves:
+    name = jax.tree_util.keystr(path)
+    assert isinstance(leaf, nn.Partitioned), name
+    assert len(leaf.names) == leaf.value.ndim, name
+  top = set(boxed)
+  assert {"grid_encoder", "encoder", "decoder", "object_queries", "class_head", "box_head",
+          "attribute_head", "mlm_head", "itm_head", "lm_head", "caption_embeddings"} <= top
+
+
+def test_loss_terms_and_grads_are_finite(model_and_params):
+  model, boxed = model_and_params
+  params = nn.unbox(boxed)
+  loss_fn = e2e_vlp.loss_fn_for(model)
+
+  def total(p):
+    loss, metrics, _ = loss_fn(p, {}, _batch(), jax.random.PRNGKey(3))
+    return loss, metrics
+
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(params)
+  for name in ("loss", "mlm_loss", "itm_loss", "itm_accuracy", "detection_loss", "loss_ce",
+               "loss_bbox", "loss_giou", "loss_ce_aux", "loss_bbox_aux", "loss_giou_aux",
+               "attribute_loss", "lm_loss", "lm_accuracy"):
+    assert name in metrics and np.isfinite(metrics[name]), name
+  assert metrics["attribute_loss"] > 0 and metrics["loss_ce_aux"] > 0
+  expected = (metrics["mlm_loss"] + metrics["itm_loss"] + metrics["detection_loss"]
+              + metrics["attribute_loss"] + metrics["lm_loss"])
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  assert np.any(grads["object_queries"] != 0) and np.any(grads["grid_encoder"]["projection"][
+      "kernel"] != 0)
+
+
+def test_detection_loss_decreases_when_overfitting_a_batch(model_and_params):
+  model, boxed = model_and_params
+  params = nn.unbox(boxed)
+  optimizer = optax.adam(1e-3)
+  batch = _batch(1)
+
+  @jax.jit
+  def step(params, opt_state, rng):
+    (_, metrics), grads = jax.value_and_grad(
+        lambda p: e2e_vlp.e2e_vlp_loss(model, p, {}, batch, rng)[:2], has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, metrics["detection_loss"]
+
+  opt_state = optimizer.init(params)
+  losses = []
+  for i in range(20):
+    params, opt_state, loss = step(params, opt_state, jax.random.PRNGKey(i))
+    losses.append(float(loss))
+  assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_cached_caption_decode_equals_full_causal_forward(model_and_params):
+  model, boxed = model_and_params
+  params = nn.unbox(boxed)
+  images = _batch()["image"]
+  max_length = 7
+  out = jax.jit(lambda p, x: e2e_vlp.caption(model, p, x, max_length=max_length))(params, images)
+  sequences = np.asarray(out.sequences)
+  assert sequences.shape == (BATCH, max_length) and np.all(sequences[:, 0] == CONFIG.dec_id)
+
+  def full_logits(p, x, ids):
+    variables = {"params": p}
+    tokens, pos = model.apply(variables, x, method=e2e_vlp.E2EVLP.encode_image)
+    memory = model.apply(variables, tokens, pos, method=e2e_vlp.E2EVLP.image_memory)
+    return model.apply(variables, ids, memory, pos, method=e2e_vlp.E2EVLP.caption_logits)
+
+  logits = np.asarray(jax.jit(full_logits)(params, images, jnp.asarray(sequences)))
+  log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  for row in range(BATCH):
+    ended = np.flatnonzero(sequences[row, 1:] == CONFIG.sep_id)
+    last = (ended[0] + 1) if len(ended) else max_length - 1   # last generated position
+    generated = sequences[row, 1:last + 1]
+    np.testing.assert_array_equal(np.argmax(logits[row, :last], axis=-1), generated)
+    np.testing.assert_allclose(out.scores[row],
+                               log_probs[row, np.arange(last), generated].sum(), rtol=1e-4)
+
+
+def test_detect_returns_pixel_boxes_sorted_by_score(model_and_params):
+  model, boxed = model_and_params
+  results = e2e_vlp.detect(model, nn.unbox(boxed), _batch()["image"])
+  assert len(results) == BATCH
+  for boxes, labels, scores in results:
+    assert boxes.shape == (CONFIG.num_queries, 4) and labels.shape == scores.shape
+    assert np.all((boxes >= 0) & (boxes <= 32)) and np.all(boxes[:, 2:] >= boxes[:, :2])
+    assert np.all((labels >= 0) & (labels < CONFIG.num_classes))
+    assert np.all(np.diff(scores) <= 0)
+
+
+def test_attribute_loss_counts_matched_known_targets_only():
+  logits = jnp.log(jnp.asarray([[[0.7, 0.3], [0.2, 0.8], [0.5, 0.5]]]))
+  match = jnp.asarray([[1, 0, -1]])
+  attributes = jnp.asarray([[1, -1, 0]])
+  loss = e2e_vlp.attribute_loss(logits, match, attributes, jnp.asarray([[True, True, False]]))
+  np.testing.assert_allclose(loss, -np.log(0.8), rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant,grid,queries", [("tiny", 8, 10), ("base", 14, 100)])
+def test_family_configs(variant, grid, queries):
+  config = get_family("e2e_vlp").default_config(variant)
+  model_config = e2e_vlp.E2EVLPConfig(**{
+      name: tuple(value) if isinstance(value, list) else value
+      for name, value in config.model.items()
+      if name in e2e_vlp.E2EVLPConfig.__dataclass_fields__})
+  assert config.model.image_size // model_config.resnet().stride == grid
+  assert model_config.num_queries == queries
+  assert "pad_objects" in config.data.preprocess and "cxcywh" in config.data.preprocess_eval
+  assert e2e_vlp_family.FAMILY.name == "e2e_vlp"
