@@ -38,11 +38,11 @@ def run_dir(tmp_path_factory):
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as stream:
     stream.write(config.to_json_best_effort(indent=2))
   from vlp_jax.models import blip_family
-  params, extra_state = nn.meta.unbox(blip_family.build(config).init(jax.random.key(0)))
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(treedef, [x + 0.2 * jax.random.normal(k, x.shape)
-                                        for x, k in zip(leaves, keys)])
+  init = jax.jit(lambda rng: nn.meta.unbox(blip_family.build(config).init(rng)))
+  params, extra_state = jax.device_get(init(jax.random.key(0)))
+  rng = np.random.default_rng(1)  # perturb every weight (zero biases, LayerNorms too)
+  params = jax.tree.map(lambda x: (x + 0.2 * rng.normal(size=x.shape)).astype(np.float32),
+                        params)
   saver = checkpoint.Checkpointer(workdir, async_save=False)
   saver.save(1, TrainState(step=jnp.int32(1), params=params, opt_state={"count": jnp.zeros(())},
                            extra_state=extra_state))
