@@ -240,7 +240,7 @@ def run_image_settings(run_config: Any, image_size: int) -> ImageSettings:
   from vlp_jax.data.preprocess_ops import MEAN_STD_PRESETS  # pylint: disable=g-import-not-at-top
   spec = run_config.data.get("preprocess_eval", "") or ""
   mean, std, do_normalize = hf_blip.OPENAI_CLIP_MEAN, hf_blip.OPENAI_CLIP_STD, False
-  match = re.search(r"normalize\(([^)]*)\)", spec)
+  match = re.search(r"normalize\((.*?)\)\s*(?:\||$)", spec)
   if match:
     args = ast.literal_eval(f"({match.group(1)},)") if match.group(1).strip() else ("clip",)
     mean, std = MEAN_STD_PRESETS[args[0]] if isinstance(args[0], str) else args[:2]
