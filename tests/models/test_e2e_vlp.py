@@ -74,30 +74,11 @@ def test_every_param_has_logical_names(model_and_params):
           "attribute_head", "mlm_head", "itm_head", "lm_head", "caption_embeddings"} <= top
 
 
-def test_loss_terms_and_grads_are_finite(model_and_params):
-  model, boxed = model_and_params
-  params = nn.unbox(boxed)
-  loss_fn = e2e_vlp.loss_fn_for(model)
-
-  def total(p):
-    loss, metrics, _ = loss_fn(p, {}, _batch(), jax.random.PRNGKey(3))
-    return loss, metrics
-
-  (loss, metrics), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(params)
-  for name in ("loss", "mlm_loss", "itm_loss", "itm_accuracy", "detection_loss", "loss_ce",
-               "loss_bbox", "loss_giou", "loss_ce_aux", "loss_bbox_aux", "loss_giou_aux",
-               "attribute_loss", "lm_loss", "lm_accuracy"):
-    assert name in metrics and np.isfinite(metrics[name]), name
-  assert metrics["attribute_loss"] > 0 and metrics["loss_ce_aux"] > 0
-  expected = (metrics["mlm_loss"] + metrics["itm_loss"] + metrics["detection_loss"]
-              + metrics["attribute_loss"] + metrics["lm_loss"])
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
-  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
-  assert np.any(grads["object_queries"] != 0) and np.any(grads["grid_encoder"]["projection"][
-      "kernel"] != 0)
-
-
-def test_detection_loss_decreases_when_overfitting_a_batch(model_and_params):
+@pytest.fixture(scope="module")
+def overfit_run(model_and_params):
+  """20 Adam steps of the full loss on one fixed batch (one compile shared by two tests):
+  every step's metrics, and whether the first step's grads were finite and reached the
+  queries and the grid projection."""
   model, boxed = model_and_params
   params = nn.unbox(boxed)
   optimizer = optax.adam(1e-3)
@@ -107,14 +88,38 @@ def test_detection_loss_decreases_when_overfitting_a_batch(model_and_params):
   def step(params, opt_state, rng):
     (_, metrics), grads = jax.value_and_grad(
         lambda p: e2e_vlp.e2e_vlp_loss(model, p, {}, batch, rng)[:2], has_aux=True)(params)
+    checks = {"finite": jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g))
+                                             for g in jax.tree.leaves(grads)])),
+              "queries": jnp.any(grads["object_queries"] != 0),
+              "grid": jnp.any(grads["grid_encoder"]["projection"]["kernel"] != 0)}
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, metrics["detection_loss"]
+    return optax.apply_updates(params, updates), opt_state, metrics, checks
 
   opt_state = optimizer.init(params)
-  losses = []
+  history, first_checks = [], None
   for i in range(20):
-    params, opt_state, loss = step(params, opt_state, jax.random.PRNGKey(i))
-    losses.append(float(loss))
+    params, opt_state, metrics, checks = step(params, opt_state, jax.random.PRNGKey(i))
+    history.append(jax.device_get(metrics))
+    first_checks = first_checks or jax.device_get(checks)
+  return history, first_checks
+
+
+def test_loss_terms_and_grads_are_finite(overfit_run):
+  history, checks = overfit_run
+  metrics = history[0]
+  for name in ("loss", "mlm_loss", "itm_loss", "itm_accuracy", "detection_loss", "loss_ce",
+               "loss_bbox", "loss_giou", "loss_ce_aux", "loss_bbox_aux", "loss_giou_aux",
+               "attribute_loss", "lm_loss", "lm_accuracy"):
+    assert name in metrics and np.isfinite(metrics[name]), name
+  assert metrics["attribute_loss"] > 0 and metrics["loss_ce_aux"] > 0
+  expected = (metrics["mlm_loss"] + metrics["itm_loss"] + metrics["detection_loss"]
+              + metrics["attribute_loss"] + metrics["lm_loss"])
+  np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+  assert checks["finite"] and checks["queries"] and checks["grid"]
+
+
+def test_detection_loss_decreases_when_overfitting_a_batch(overfit_run):
+  losses = [float(metrics["detection_loss"]) for metrics, in zip(overfit_run[0])]
   assert losses[-1] < 0.7 * losses[0], losses
 
 
