@@ -116,6 +116,11 @@ def test_hf_captioning_equals_pipeline(run_dir, exported):
   sep = pipe.config.sep_id
   cut = lambda row: list(row[:list(row).index(sep) + 1]) if sep in row else list(row[row != 0])
   assert [cut(r) for r in ours] == [cut(r) for r in hf_ids]
+  # Runs follow BLIP: the prompt is stripped from the text (transformers keeps it).
+  hf_texts = processor.batch_decode(hf_ids, skip_special_tokens=True)
+  assert all(text.startswith(prompt) for text in hf_texts)
+  assert pipe.caption(images, max_length=10, num_beams=1, prompt=prompt) == [
+      text[len(prompt):].strip() for text in hf_texts]
 
 
 def test_sentencepiece_tokenizer_json_gives_our_ids(tmp_path):
