@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlp_jax import decoding
-from vlp_jax.encoders.resnet import ResNetGridEncoder, resnet_spec
+from vlp_jax.encoders.resnet import ResNetGridEncoder, ResNetSpec, resnet_spec
 from vlp_jax.layers import TextEmbeddings, TransformerStack, create_decode_cache, layer_norm
 from vlp_jax.layers.common import Array, Dtype
 from vlp_jax.models.blip import LMPredictionHead, with_token
@@ -85,7 +85,8 @@ class E2EVLPConfig:
   mask_prob: float = 0.15
   label_smoothing: float = 0.1
 
-  def resnet(self):
+  def resnet(self) -> ResNetSpec:
+    """The grid encoder's stage layout."""
     return resnet_spec(self.resnet_depth, stage_blocks=self.resnet_stage_blocks,
                        stage_widths=self.resnet_stage_widths,
                        stage_strides=self.resnet_stage_strides, stem_width=self.resnet_stem_width)
@@ -99,7 +100,7 @@ def _dense(features: int, axes: tuple[str | None, str | None], name: str, dtype:
 
 
 class BoxHead(nn.Module):
-  """DETR box MLP: Dense-ReLU-Dense-ReLU-Dense(4) -> sigmoid. [..., D] -> [..., 4] cxcywh float32."""
+  """DETR box MLP: Dense-ReLU-Dense-ReLU-Dense(4) -> sigmoid. [..., D] -> [..., 4] cxcywh."""
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -168,7 +169,7 @@ class E2EVLP(nn.Module):
              *, deterministic: bool = True) -> Array:
     """Cross-modal encoder over [text; image]: token_ids/text_mask [B, T], image_tokens
     [B, S, D], image_pos [S, D] -> hidden [B, T + S, D]."""
-    batch, length = token_ids.shape
+    length = token_ids.shape[1]
     text = self.text_embeddings(token_ids, token_type_ids=jnp.zeros_like(token_ids),
                                 deterministic=deterministic)
     x = jnp.concatenate([text, image_tokens.astype(text.dtype)], axis=1)
@@ -236,7 +237,8 @@ class E2EVLP(nn.Module):
     hidden = self.encode(token_ids, text_mask, image_tokens, image_pos,
                          deterministic=deterministic)
     memory = self.image_memory(image_tokens, image_pos, deterministic=deterministic)
-    return {"mlm_logits": self.mlm_logits(hidden[:, :token_ids.shape[1]]), "itm_logits": self.itm_logits(hidden),
+    return {"mlm_logits": self.mlm_logits(hidden[:, :token_ids.shape[1]]),
+            "itm_logits": self.itm_logits(hidden),
             **self.detect_objects(memory, image_pos, deterministic=deterministic),
             "caption_logits": self.caption_logits(token_ids, memory, image_pos,
                                                   deterministic=deterministic)}

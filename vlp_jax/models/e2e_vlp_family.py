@@ -62,7 +62,8 @@ def default_config(variant: str) -> ml_collections.ConfigDict:
       max_text_length=fields["max_text_length"] if variant == "tiny" else 40,
       preprocess=(f"decode|resize({size})|flip_lr|normalize('imagenet')|{objects}|"
                   "pick_caption|tokenize"),
-      preprocess_eval=f"decode|resize({size})|normalize('imagenet')|{objects}|pick_caption|tokenize",
+      preprocess_eval=(f"decode|resize({size})|normalize('imagenet')|{objects}|"
+                       "pick_caption|tokenize"),
       shuffle_buffer=10_000, cache=False, require_captions=True,
       train_split="train", eval_split="validation"))
   return ml_collections.ConfigDict(dict(model=model, data=data))
