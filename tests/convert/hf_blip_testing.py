@@ -3,7 +3,8 @@ import os
 
 import numpy as np
 import torch
-from transformers import BertTokenizer, BlipForConditionalGeneration, BlipForImageTextRetrieval
+from transformers import (BertTokenizer, BlipForConditionalGeneration,  # noqa: F401 (re-exported)
+                          BlipForImageTextRetrieval)
 from transformers import BlipConfig as HFBlipConfig
 from transformers import BlipImageProcessorPil, BlipProcessor
 
@@ -67,5 +68,3 @@ def random_images(count: int, seed: int = 0) -> list[np.ndarray]:
   return [rng.integers(0, 256, size=(*sizes[i % len(sizes)], 3), dtype=np.uint8)
           for i in range(count)]
 
-
-__all__ = ["BlipForConditionalGeneration", "BlipForImageTextRetrieval"]

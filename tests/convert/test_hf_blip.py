@@ -82,9 +82,10 @@ def test_itm_and_itc_match_transformers(retrieval):
 
 
 def _until_eos(row: np.ndarray, eos: int = 3) -> list[int]:
-  """Ids up to and including the first eos (HF pads finished rows with eos, we with pad)."""
+  """Ids up to and including the first eos (HF pads finished rows with eos, we with pad);
+  a row without eos ran to max_length and is compared whole."""
   row = [int(t) for t in row]
-  return row[:row.index(eos) + 1] if eos in row else [t for t in row if t != 0]
+  return row[:row.index(eos) + 1] if eos in row else row
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
@@ -102,3 +103,11 @@ def test_captions_match_transformers(captioning, num_beams, prompt):
   assert [_until_eos(r) for r in ours] == [_until_eos(r) for r in hf_ids]
   texts = pipe.caption(IMAGES, max_length=max_length, num_beams=num_beams, prompt=prompt)
   assert texts == processor.batch_decode(hf_ids, skip_special_tokens=True)
+
+
+def test_cli_module_runs():
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "-m", "vlp_jax.convert", "--help"],
+                          capture_output=True, text=True, check=True)
+  assert "hf-blip" in result.stdout
