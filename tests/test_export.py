@@ -131,6 +131,7 @@ def test_sentencepiece_tokenizer_json_gives_our_ids(tmp_path):
   hf = export._sentencepiece_hf_tokenizer(ours)
   hf.save_pretrained(str(tmp_path))
   hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
-  for text in corpus[:5] + ["A  Red circle,  on the LEFT!", "unseen words xyz"]:
+  for text in corpus[:5] + ["A  Red circle,  on the LEFT!", "unseen words xyz",
+                              "  leading and trailing  ", "Ｆｕｌｌwidth ＲＥＤ"]:
     assert hf(text)["input_ids"] == [ours.cls_id] + ours.encode(text) + [ours.sep_id], text
   assert hf.bos_token_id == ours.dec_id

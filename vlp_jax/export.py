@@ -63,11 +63,11 @@ def _wordpiece_hf_tokenizer(tokenizer: Any, directory: str) -> Any:
   with open(vocab_path, "w", encoding="utf-8") as stream:
     stream.write("".join(token + "\n" for token in tokenizer.vocab))
   hf = BertTokenizer(vocab_path, do_lower_case=tokenizer.lower_case)
-  appended = [t for t in ("[DEC]", "[ENC]", "[IMG]") if t not in set(tokenizer.vocab)]
-  hf.add_special_tokens({"bos_token": "[DEC]",
-                         "additional_special_tokens": [t for t in ("[ENC]", "[IMG]")]})
-  for token in appended:
-    assert hf.convert_tokens_to_ids(token) == getattr(tokenizer, token.strip("[]").lower() + "_id")
+  # Tokens missing from vocab.txt are appended in this order, as our tokenizer does.
+  hf.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]", "[IMG]"]})
+  ours = [tokenizer.dec_id, tokenizer.enc_id, tokenizer.img_id]
+  if hf.convert_tokens_to_ids(["[DEC]", "[ENC]", "[IMG]"]) != ours:
+    raise ValueError(f"HF tokenizer special ids differ from ours {ours}")
   return hf
 
 
@@ -89,7 +89,8 @@ def _sentencepiece_hf_tokenizer(tokenizer: Any) -> Any:
       if proto.normalizer_spec.precompiled_charsmap else []
   if rule not in ("nmt_nfkc", "nmt_nfkc_cf", "nfkc", "identity"):
     raise ValueError(f"SentencePiece normalizer {rule!r} is not supported")
-  steps.append(normalizers.Replace(Regex(" {2,}"), " "))
+  # SentencePiece's remove_extra_whitespaces: collapse runs of spaces, strip both ends.
+  steps += [normalizers.Replace(Regex(" {2,}"), " "), normalizers.Strip()]
   hf.normalizer = normalizers.Sequence(steps)
   hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
   hf.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
