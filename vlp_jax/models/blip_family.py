@@ -12,9 +12,14 @@ Evaluators:
 - `retrieval`: recall@1/5/10 both ways over the eval split (one caption per image), ranked by
   ITC similarity, and re-ranked by ITM + ITC over each query's top `eval_rerank_k` candidates
   when that is > 0 (BLIP's protocol).
+- `itm`: ITM accuracy on every eval image with its caption (match) and with the next image's
+  caption (no match), and the accuracy of each kind.
 - `captioning` (only with `data.tokenizer`): BLEU-1..4 and CIDEr-D of captions decoded with
   BLIP's settings (prompt "a picture of ", beam 3, 5 to 20 tokens; the prompt is stripped)
-  against the batch's reference text(s): `text_ids` [B, L], or [B, K, L] with `text_valid`.
+  against the batch's reference text(s): `text_ids` [B, L], or [B, K, L] with `text_valid`;
+  and `object_recall` (`vlp_jax.data.builders.object_recall`) when the batches carry the
+  objects (`pad_objects`: labels, colours, box_valid), as the tiny variant's shapes eval does.
+  Tiny captions greedily without a prompt (it pretrains without one), up to 48 tokens.
 """
 import dataclasses
 from collections.abc import Iterable
@@ -30,16 +35,22 @@ from vlp_jax.evaluators import retrieval_metrics as retrieval_lib
 from vlp_jax.models import blip
 from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
 
+# Tiny: 8 px patches (64 image tokens: shapes' 3x3 grid of places needs the resolution), text
+# long enough for 4-object shapes captions (word-level tokenizer: 44 tokens median, 58 p95).
 _TINY = dict(
-    image_size=64, patch_size=16, vision_width=64, vision_layers=2, vision_heads=2,
+    image_size=64, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
     vision_mlp_dim=128, vision_layer_norm_epsilon=1e-6, vocab_size=1000, text_width=64,
-    text_layers=2, text_heads=2, text_mlp_dim=128, max_text_length=32, embed_dim=32,
-    queue_size=256, alpha_ramp_steps=100)
+    text_layers=2, text_heads=2, text_mlp_dim=128, max_text_length=64, embed_dim=32,
+    queue_size=1024, alpha_ramp_steps=200)
 _BASE = dict(image_size=224, text_dropout_rate=0.1, vocab_size=30524, queue_size=57600)
 _VARIANTS = {"tiny": _TINY, "base": _BASE}
 _EVAL_FIELDS = dict(eval_rerank_k=0, eval_itm_batch_size=64, eval_caption_prompt="a picture of ",
                     eval_caption_max_length=20, eval_caption_min_length=5,
                     eval_caption_num_beams=3)
+# Tiny pretrains without the prompt, so it captions without one, long enough for 4 objects.
+_TINY_EVAL_FIELDS = dict(_EVAL_FIELDS, eval_rerank_k=8, eval_itm_batch_size=256,
+                         eval_caption_prompt="", eval_caption_max_length=48,
+                         eval_caption_num_beams=1)
 
 
 def default_config(variant: str) -> ml_collections.ConfigDict:
@@ -47,16 +58,21 @@ def default_config(variant: str) -> ml_collections.ConfigDict:
   if variant not in _VARIANTS:
     raise ValueError(f"unknown blip variant {variant!r}; known: {sorted(_VARIANTS)}")
   fields = dataclasses.asdict(dataclasses.replace(blip.BlipConfig(), **_VARIANTS[variant]))
+  tiny = variant == "tiny"
   model = ml_collections.ConfigDict(dict(family="blip", variant=variant, **fields,
-                                         **_EVAL_FIELDS))
+                                         **(_TINY_EVAL_FIELDS if tiny else _EVAL_FIELDS)))
   size = fields["image_size"]
+  # shapes: no crop (a caption names every object, a crop could cut one out); its eval
+  # batches carry the objects for the captions' object recall.
+  augment = "resize" if tiny else "random_resized_crop"
   data = ml_collections.ConfigDict(dict(
-      name="shapes/64px" if variant == "tiny" else "coco_captions",
-      data_dir=None, tokenizer="", tokenizer_lower_case=True,
-      max_text_length=fields["max_text_length"] if variant == "tiny" else 35,
-      preprocess=(f"decode|random_resized_crop({size})|flip_lr|normalize('clip')|"
-                  "pick_caption|tokenize"),
-      preprocess_eval=f"decode|resize({size})|normalize('clip')|pick_caption|tokenize",
+      name="shapes/64px" if tiny else "coco_captions",
+      data_dir=ml_collections.config_dict.placeholder(str), tokenizer="",
+      tokenizer_lower_case=True,
+      max_text_length=fields["max_text_length"] if tiny else 35,
+      preprocess=f"decode|{augment}({size})|flip_lr|normalize('clip')|pick_caption|tokenize",
+      preprocess_eval=(f"decode|resize({size})|normalize('clip')|pick_caption|tokenize"
+                       + ("|pad_objects(4)" if tiny else "")),
       shuffle_buffer=10_000, cache=False, require_captions=True,
       train_split="train", eval_split="validation"))
   return ml_collections.ConfigDict(dict(model=model, data=data))
@@ -87,6 +103,29 @@ def _without_prefix(metrics: dict[str, float]) -> dict[str, float]:
   return {name.split("/", 1)[-1]: value for name, value in metrics.items()}
 
 
+def _pair_scorer(model: blip.Blip, params: Any, data: dict[str, np.ndarray],
+                 itm_batch_size: int) -> Any:
+  """score_pairs(image_index [n], text_index [n]) -> ITM logits [n, 2] (1 = match) for
+  n <= itm_batch_size pairs of `data` (image_embeds, text_ids, text_mask)."""
+  enc_id = model.config.enc_id
+
+  @jax.jit
+  def itm_logits(params: Any, token_ids: jax.Array, mask: jax.Array,
+                 image_embeds: jax.Array) -> jax.Array:
+    return model.apply({"params": params}, blip.with_token(token_ids, enc_id), mask,
+                       image_embeds, method=blip.Blip.itm_logits)
+
+  def score_pairs(image_index: np.ndarray, text_index: np.ndarray) -> np.ndarray:
+    count = len(image_index)
+    padded = lambda index: np.pad(index, (0, itm_batch_size - count))
+    image_index, text_index = padded(image_index), padded(text_index)
+    logits = itm_logits(params, data["text_ids"][text_index],
+                        data["text_mask"][text_index].astype(bool),
+                        data["image_embeds"][image_index])
+    return np.asarray(logits)[:count]
+  return score_pairs
+
+
 def _retrieval_evaluator(model: blip.Blip, rerank_k: int, itm_batch_size: int) -> Evaluator:
   """ITC (and optionally ITM re-ranked) recall@k over the eval split."""
   config = model.config
@@ -103,13 +142,6 @@ def _retrieval_evaluator(model: blip.Blip, rerank_k: int, itm_batch_size: int) -
             "image_features": model.apply(variables, image_embeds,
                                           method=blip.Blip.image_features),
             "text_features": model.apply(variables, text_hidden, method=blip.Blip.text_features)}
-
-  @jax.jit
-  def itm_match_logit(params: Any, token_ids: jax.Array, mask: jax.Array,
-                      image_embeds: jax.Array) -> jax.Array:
-    logits = model.apply({"params": params}, blip.with_token(token_ids, config.enc_id), mask,
-                         image_embeds, method=blip.Blip.itm_logits)
-    return logits[:, 1]
 
   def run(params: Any, extra_state: Any, batches: Iterable[dict[str, jax.Array]]
           ) -> dict[str, float]:
@@ -128,19 +160,48 @@ def _retrieval_evaluator(model: blip.Blip, rerank_k: int, itm_batch_size: int) -
     text_to_image = np.arange(itc.shape[0])
     if rerank_k <= 0:
       return _without_prefix(retrieval_lib.retrieval_metrics(itc, text_to_image))
-
-    def score_pairs(image_index: np.ndarray, text_index: np.ndarray) -> np.ndarray:
-      count = len(image_index)
-      padded = lambda index: np.pad(index, (0, itm_batch_size - count))
-      image_index, text_index = padded(image_index), padded(text_index)
-      scores = itm_match_logit(params, data["text_ids"][text_index],
-                               data["text_mask"][text_index].astype(bool),
-                               data["image_embeds"][image_index])
-      return np.asarray(scores)[:count]
-
-    img2txt, txt2img = retrieval_lib.rerank_with_itm(itc, score_pairs, k=rerank_k,
-                                                     batch_size=itm_batch_size)
+    score_pairs = _pair_scorer(model, params, data, itm_batch_size)
+    img2txt, txt2img = retrieval_lib.rerank_with_itm(
+        itc, lambda images, texts: score_pairs(images, texts)[:, 1], k=rerank_k,
+        batch_size=itm_batch_size)  # BLIP: ITM match logit + ITC similarity
     return _without_prefix(retrieval_lib.retrieval_metrics(img2txt, text_to_image, txt2img))
+
+  return Evaluator(run=run)
+
+
+def _itm_evaluator(model: blip.Blip, itm_batch_size: int) -> Evaluator:
+  """ITM accuracy over the eval split: every image with its own caption (match) and with the
+  next image's caption (no match; skipped where the two token sequences are equal)."""
+
+  @jax.jit
+  def encode_image(params: Any, images: jax.Array) -> jax.Array:
+    return model.apply({"params": params}, images, method=blip.Blip.encode_image)
+
+  def run(params: Any, extra_state: Any, batches: Iterable[dict[str, jax.Array]]
+          ) -> dict[str, float]:
+    del extra_state
+    parts: dict[str, list[np.ndarray]] = {"image_embeds": [], "text_ids": [], "text_mask": []}
+    for batch in batches:
+      real = np.asarray(batch["mask"], bool)
+      parts["image_embeds"].append(np.asarray(jax.device_get(
+          encode_image(params, batch["image"])))[real])
+      parts["text_ids"].append(np.asarray(batch["text_ids"])[real])
+      parts["text_mask"].append(np.asarray(batch["text_mask"])[real])
+    data = {name: np.concatenate(values) for name, values in parts.items()}
+    count = len(data["text_ids"])
+    images = np.arange(count)
+    shifted = np.roll(images, -1)
+    distinct = np.any(data["text_ids"][shifted] != data["text_ids"], axis=1)
+    image_index = np.concatenate([images, images[distinct]])
+    text_index = np.concatenate([images, shifted[distinct]])
+    labels = np.concatenate([np.ones(count, bool), np.zeros(int(distinct.sum()), bool)])
+    score_pairs = _pair_scorer(model, params, data, itm_batch_size)
+    logits = np.concatenate([score_pairs(image_index[start:start + itm_batch_size],
+                                         text_index[start:start + itm_batch_size])
+                             for start in range(0, len(labels), itm_batch_size)])
+    correct = (logits[:, 1] > logits[:, 0]) == labels
+    return {"accuracy": float(correct.mean()), "match_accuracy": float(correct[labels].mean()),
+            "mismatch_accuracy": float(correct[~labels].mean())}
 
   return Evaluator(run=run)
 
@@ -154,9 +215,19 @@ def _reference_texts(batch: dict[str, Any], row: int, tokenizer: Any) -> list[st
   return [tokenizer.decode(caption) for caption, ok in zip(ids, valid) if ok]
 
 
+def _objects(batch: dict[str, Any], row: int) -> list[tuple[int, int]]:
+  """(colour id, label) of one example's valid objects (`pad_objects` layout)."""
+  valid = np.asarray(batch.get("box_valid", np.ones_like(batch["labels"], bool)))[row]
+  return [(int(colour), int(label)) for colour, label, ok in
+          zip(np.asarray(batch["colours"])[row], np.asarray(batch["labels"])[row], valid) if ok]
+
+
 def _captioning_evaluator(model: blip.Blip, tokenizer: Any,
                           model_config: ml_collections.ConfigDict) -> Evaluator:
-  """BLEU / CIDEr-D of prompted beam-search captions against the eval references."""
+  """BLEU / CIDEr-D of prompted beam-search captions against the eval references, and their
+  object recall when the batches carry the objects (`pad_objects`: labels, colours)."""
+  # Imported here: the builders package registers the TFDS builders (TensorFlow) on import.
+  from vlp_jax.data.builders.object_recall import batch_object_recall
   prompt = model_config.get("eval_caption_prompt", "")
   prompt_ids = np.asarray(tokenizer.encode(prompt), np.int32) if prompt else None
   num_beams = model_config.get("eval_caption_num_beams", 3)
@@ -173,14 +244,22 @@ def _captioning_evaluator(model: blip.Blip, tokenizer: Any,
   def run(params: Any, extra_state: Any, batches: Iterable[dict[str, jax.Array]]
           ) -> dict[str, float]:
     del extra_state
-    references, candidates = {}, {}
+    references, candidates, recalls = {}, {}, []
     for batch in batches:
       sequences = np.asarray(jax.device_get(generate(params, batch["image"])))
-      for row in np.flatnonzero(np.asarray(batch["mask"], bool)):
+      rows = np.flatnonzero(np.asarray(batch["mask"], bool))
+      for row in rows:
         key = len(candidates)
         candidates[key] = tokenizer.decode(sequences[row, skip:])
         references[key] = _reference_texts(batch, row, tokenizer)
-    return _without_prefix(caption_lib.caption_metrics(references, candidates))
+      if "colours" in batch and "labels" in batch:
+        recalls.append(batch_object_recall(
+            [candidates[key] for key in range(len(candidates) - len(rows), len(candidates))],
+            [_objects(batch, row) for row in rows]))
+    metrics = _without_prefix(caption_lib.caption_metrics(references, candidates))
+    if recalls:
+      metrics["object_recall"] = float(np.concatenate(recalls).mean())
+    return metrics
 
   return Evaluator(run=run)
 
@@ -196,8 +275,10 @@ def build(config: ml_collections.ConfigDict) -> TrainableModel:
     params = blip.init_params(model, params_rng)
     return params, blip.init_extra_state(params, queue_rng, blip_config)
 
-  evaluators = {"retrieval": _retrieval_evaluator(
-      model, config.model.get("eval_rerank_k", 0), config.model.get("eval_itm_batch_size", 64))}
+  itm_batch_size = config.model.get("eval_itm_batch_size", 64)
+  evaluators = {"retrieval": _retrieval_evaluator(model, config.model.get("eval_rerank_k", 0),
+                                                  itm_batch_size),
+                "itm": _itm_evaluator(model, itm_batch_size)}
   tokenizer = _load_tokenizer(config)
   if tokenizer is not None:
     evaluators["captioning"] = _captioning_evaluator(model, tokenizer, config.model)
