@@ -135,3 +135,11 @@ def test_sentencepiece_tokenizer_json_gives_our_ids(tmp_path):
                               "  leading and trailing  ", "Ｆｕｌｌwidth ＲＥＤ"]:
     assert hf(text)["input_ids"] == [ours.cls_id] + ours.encode(text) + [ours.sep_id], text
   assert hf.bos_token_id == ours.dec_id
+
+
+def test_cli_module_runs():
+  import subprocess
+  import sys
+  result = subprocess.run([sys.executable, "-m", "vlp_jax.export", "--help"],
+                          capture_output=True, text=True, check=True)
+  assert "hf-blip" in result.stdout and "msgpack" in result.stdout

@@ -23,6 +23,10 @@ transformers differs from the original BLIP, a converted HF checkpoint follows t
 - ITC: both use `[CLS]` and the cosine of the projected, normalised [CLS] features (HF's
   `use_itm_head=False`); BLIP's temperature is not applied.
 - `max_length` counts every token, [DEC] and prompt included, as HF's `generate` does.
+- Texts longer than the model's `max_text_length` are truncated (HF's processor does not
+  truncate by default and fails past the position table).
+Converted HF checkpoints hold one finetune: a retrieval one gives `itm_scores` /
+`itc_similarity`, a captioning one `caption` (each has its own vision tower).
 """
 import ast
 import dataclasses
