@@ -157,6 +157,9 @@ def test_detect_returns_pixel_boxes_sorted_by_score(model_and_params):
     assert np.all((boxes >= 0) & (boxes <= 32)) and np.all(boxes[:, 2:] >= boxes[:, :2])
     assert np.all((labels >= 0) & (labels < CONFIG.num_classes))
     assert np.all(np.diff(scores) <= 0)
+  threshold = float(np.median(results[0][2]))
+  kept = e2e_vlp.detect(model, nn.unbox(boxed), _batch()["image"], score_threshold=threshold)
+  assert np.all(kept[0][2] > threshold) and len(kept[0][2]) < CONFIG.num_queries
 
 
 def test_attribute_loss_counts_matched_known_targets_only():

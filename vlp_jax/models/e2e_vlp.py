@@ -352,11 +352,17 @@ def predict_objects(model: E2EVLP, params: PyTree, images: Array) -> dict[str, A
           "scores": jnp.max(probs, axis=-1)}
 
 
+@functools.lru_cache(maxsize=8)
+def jitted_predict_objects(model: E2EVLP) -> Callable[[PyTree, Array], dict[str, Array]]:
+  """`predict_objects` of `model` under `jax.jit`, compiled once per model (and input shape)."""
+  return jax.jit(functools.partial(predict_objects, model))
+
+
 def detect(model: E2EVLP, params: PyTree, images: Array, *, score_threshold: float = 0.0
            ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Per image (boxes [K, 4] xyxy in pixels, labels [K], scores [K]) with score above the
   threshold, sorted by score. images [B, H, W, 3] preprocessed as in training."""
-  outputs = jax.device_get(jax.jit(functools.partial(predict_objects, model))(params, images))
+  outputs = jax.device_get(jitted_predict_objects(model)(params, images))
   height, width = images.shape[1:3]
   scale = np.asarray([width, height, width, height], np.float32)
   results = []

@@ -18,7 +18,6 @@ Evaluators (all on `data.eval_split`):
 - `captioning` (with a tokenizer): BLEU / CIDEr-D of greedy KV-cache captions.
 """
 import dataclasses
-import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -126,8 +125,7 @@ def build(config: ml_collections.ConfigDict) -> TrainableModel:
     return e2e_vlp.init_params(model, rng), {}
 
   evaluators = {
-      "detection": model_eval.detection_evaluator(
-          jax.jit(functools.partial(e2e_vlp.predict_objects, model))),
+      "detection": model_eval.detection_evaluator(e2e_vlp.jitted_predict_objects(model)),
       "itm": itm_evaluator(model)}
   tokenizer = model_eval.load_tokenizer(config)
   if tokenizer is not None:
