@@ -32,7 +32,7 @@ def _batch(seed: int = 0) -> dict[str, jnp.ndarray]:
           "boxes": jnp.asarray(np.concatenate([centres, sizes], -1), jnp.float32),
           "labels": jnp.asarray(rng.integers(0, 5, size=(BATCH, OBJECTS)), jnp.int32),
           "box_valid": jnp.asarray(np.arange(OBJECTS)[None] < np.array([[3], [1], [2], [3]])),
-          "attributes": jnp.asarray(rng.integers(-1, 6, size=(BATCH, OBJECTS)), jnp.int32)}
+          "colours": jnp.asarray(rng.integers(-1, 6, size=(BATCH, OBJECTS)), jnp.int32)}
 
 
 @pytest.fixture(scope="module")

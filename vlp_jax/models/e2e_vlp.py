@@ -274,8 +274,8 @@ def e2e_vlp_loss(model: E2EVLP, params: PyTree, extra_state: PyTree, batch: dict
   """E2E-VLP pretraining objective.
 
   batch: image [B, H, W, 3]; text_ids, text_mask [B, T] ([CLS] w.. [SEP] pad); boxes
-  [B, M, 4] normalised cxcywh, labels [B, M], box_valid [B, M]; optional attributes [B, M]
-  (-1 unknown). Half the pairs (a Bernoulli draw per example) get the caption of the next
+  [B, M, 4] normalised cxcywh, labels [B, M], box_valid [B, M]; optional colours [B, M]
+  (attribute ids, -1 unknown; `pad_objects` emits them for sources with colours, as shapes). Half the pairs (a Bernoulli draw per example) get the caption of the next
   example in the batch (rolled) as ITM negatives; MLM counts the matched pairs only.
   Returns (loss, metrics with every term, extra_state unchanged).
   """
@@ -313,12 +313,12 @@ def e2e_vlp_loss(model: E2EVLP, params: PyTree, extra_state: PyTree, batch: dict
   detection_loss = detection.weighted_detr_loss(detr, ce_weight=c.ce_weight,
                                                 bbox_weight=c.bbox_weight,
                                                 giou_weight=c.giou_weight)
-  if "attributes" in batch:
+  if "colours" in batch:
     match = detection.detr_match(outputs["logits"][-1], outputs["boxes"][-1], labels, boxes,
                                  valid, class_cost=c.ce_weight, bbox_cost=c.bbox_weight,
                                  giou_cost=c.giou_weight)
     attr = attribute_loss(outputs["attributes"][-1], match,
-                          batch["attributes"].astype(jnp.int32), valid)
+                          batch["colours"].astype(jnp.int32), valid)
   else:
     attr = jnp.zeros((), jnp.float32)
 
