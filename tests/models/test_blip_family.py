@@ -1,5 +1,4 @@
 """The `blip` family: config defaults, build, init, the trainer-protocol loss, the evaluator."""
-import importlib.util
 import pathlib
 
 import jax
@@ -9,7 +8,7 @@ import pytest
 from flax import linen as nn
 
 from vlp_jax.models import blip, blip_family
-from vlp_jax.train.config import base_config
+from vlp_jax.train.config import base_config, load_config_file
 
 SMALL = dict(image_size=16, patch_size=8, vision_width=16, vision_layers=1, vision_heads=2,
              vision_mlp_dim=32, vocab_size=40, text_width=16, text_layers=1, text_heads=2,
@@ -44,13 +43,10 @@ def test_default_configs_hold_every_model_field():
 
 
 def test_config_file_registers_the_family():
-  path = pathlib.Path(__file__).parents[2] / "configs" / "blip.py"
-  spec = importlib.util.spec_from_file_location("blip_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  base = module.get_config("base")
-  assert base.model.queue_size % base.global_batch_size == 0
-  assert module.get_config("tiny").model.queue_size % module.get_config("tiny").global_batch_size == 0
+  path = str(pathlib.Path(__file__).parents[2] / "configs" / "blip.py")
+  for variant in ("tiny", "base"):
+    config = load_config_file(f"{path}:{variant}")
+    assert config.model.queue_size % config.global_batch_size == 0
 
 
 def test_build_init_loss_and_retrieval_evaluator():

@@ -1,5 +1,4 @@
 """End to end: `configs/e2e_vlp.py:tiny` (shrunk) trains on shapes with the trainer, evaluators run."""
-import importlib.util
 import os
 
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 
 from vlp_jax.data.tokenizer import dataset_captions, train_sentencepiece
 from vlp_jax.train import trainer
+from vlp_jax.train.config import load_config_file
 
 SHAPES = "shapes/64px_train256_validation64_test64"
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -17,11 +17,7 @@ def test_tiny_e2e_vlp_trains_and_evaluates_on_shapes(shapes_data_dir, tmp_path):
   tokenizer_path = str(tmp_path / "shapes.model")
   train_sentencepiece(dataset_captions(SHAPES, shapes_data_dir), vocab_size=200,
                       output=tokenizer_path)
-  spec = importlib.util.spec_from_file_location("e2e_vlp_config",
-                                                os.path.join(REPO_ROOT, "configs", "e2e_vlp.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
+  config = load_config_file(os.path.join(REPO_ROOT, "configs", "e2e_vlp.py:tiny"))
   config.data.update(name=SHAPES, data_dir=shapes_data_dir, tokenizer=tokenizer_path,
                      shuffle_buffer=64, max_text_length=16)
   config.model.update(width=32, heads=2, mlp_dim=64, encoder_layers=1, decoder_layers=2,
