@@ -7,6 +7,7 @@ test split. The whole test fits in about 10 minutes of an unloaded 2-core CPU.
 import importlib.util
 import os
 
+import ml_collections
 import pytest
 
 from vlp_jax.data.builders.build import build
@@ -22,7 +23,7 @@ NOT_YET_REACHED = {"retrieval/img2txt_r1": 0.8, "retrieval/txt2img_r1": 0.8,
                    "captioning/object_recall": 0.8}
 
 
-def _tiny_config() -> "ml_collections.ConfigDict":  # noqa: F821
+def _tiny_config() -> ml_collections.ConfigDict:
   spec = importlib.util.spec_from_file_location("blip_config",
                                                 os.path.join(REPO_ROOT, "configs", "blip.py"))
   module = importlib.util.module_from_spec(spec)
