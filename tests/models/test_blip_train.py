@@ -31,4 +31,4 @@ def test_tiny_blip_trains_and_evaluates_on_shapes(shapes_data_dir, tmp_path):
   for name in ("img2txt_r1", "txt2img_r1", "r_mean"):
     assert 0.0 <= result.eval_metrics[f"retrieval/{name}"] <= 1.0, result.eval_metrics
   for name in ("bleu4", "cider"):
-    assert np.isfinite(result.eval_metrics[f"captioning/{name}"]), result.eval_metrics
+    assert np.isfinite(result.eval_metrics[f"caption/{name}"]), result.eval_metrics

@@ -33,4 +33,4 @@ def test_tiny_e2e_vlp_trains_and_evaluates_on_shapes(shapes_data_dir, tmp_path):
   for name in ("detection/ap", "detection/ap50", "itm/accuracy"):
     assert 0.0 <= result.eval_metrics[name] <= 1.0, result.eval_metrics
   for name in ("bleu4", "cider"):
-    assert np.isfinite(result.eval_metrics[f"captioning/{name}"]), result.eval_metrics
+    assert np.isfinite(result.eval_metrics[f"caption/{name}"]), result.eval_metrics

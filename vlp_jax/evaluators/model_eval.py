@@ -3,7 +3,7 @@
 A family wraps its model's jitted forward (`generate(params, images) -> token ids [B, L]`,
 `predict(params, images) -> {boxes [B, N, 4] normalised xyxy, labels [B, N], scores [B, N]}`)
 in these and gets `vlp_jax.models.registry.Evaluator`s whose metric names drop the metric
-module's prefix (the trainer prefixes the evaluator's name): `captioning/bleu4`, `detection/ap`.
+module's prefix (the trainer prefixes the evaluator's name): `caption/bleu4`, `detection/ap`.
 """
 from collections.abc import Callable, Iterable
 from typing import Any

@@ -14,7 +14,7 @@ Evaluators:
   when that is > 0 (BLIP's protocol).
 - `itm`: ITM accuracy on every eval image with its caption (match) and with the next image's
   caption (no match), and the accuracy of each kind.
-- `captioning` (only with `data.tokenizer`): BLEU-1..4 and CIDEr-D of captions decoded with
+- `caption` (only with `data.tokenizer`): BLEU-1..4 and CIDEr-D of captions decoded with
   BLIP's settings (prompt "a picture of ", beam 3, 5 to 20 tokens; the prompt is stripped)
   against the batch's reference text(s): `text_ids` [B, L], or [B, K, L] with `text_valid`;
   and `object_recall` (`vlp_jax.data.builders.object_recall`) when the batches carry the
@@ -282,7 +282,7 @@ def build(config: ml_collections.ConfigDict) -> TrainableModel:
                 "itm": _itm_evaluator(model, itm_batch_size)}
   tokenizer = _load_tokenizer(config)
   if tokenizer is not None:
-    evaluators["captioning"] = _captioning_evaluator(model, tokenizer, config.model)
+    evaluators["caption"] = _captioning_evaluator(model, tokenizer, config.model)
   return TrainableModel(init=init, loss_fn=blip.loss_fn_for(model), evaluators=evaluators)
 
 

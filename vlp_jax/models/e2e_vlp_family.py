@@ -15,7 +15,7 @@ Batches need `pad_objects(N, 'cxcywh')` (boxes, labels, box_valid) and a tokeniz
 Evaluators (all on `data.eval_split`):
 - `detection`: COCO AP / AP50 of the final decoder layer's queries (`detection/ap`, `.../ap50`);
 - `itm`: accuracy of the ITM head over every real pair and its rolled mismatch (`itm/accuracy`);
-- `captioning` (with a tokenizer): BLEU / CIDEr-D of greedy KV-cache captions.
+- `caption` (with a tokenizer): BLEU / CIDEr-D of greedy KV-cache captions.
 """
 import dataclasses
 from collections.abc import Iterable
@@ -138,7 +138,7 @@ def build(config: ml_collections.ConfigDict) -> TrainableModel:
           min_length=config.model.get("eval_caption_min_length", 3),
           method="beam" if num_beams > 1 else "greedy", num_beams=num_beams).sequences
 
-    evaluators["captioning"] = model_eval.captioning_evaluator(generate, tokenizer, skip=1)
+    evaluators["caption"] = model_eval.captioning_evaluator(generate, tokenizer, skip=1)
   return TrainableModel(init=init, loss_fn=e2e_vlp.loss_fn_for(model), evaluators=evaluators)
 
 
