@@ -10,10 +10,6 @@ Parameters (HF PyTorch `Linear` weight W [D_out, D_in] converts as shown):
   value/kernel [Dkv, H, Dh] = W.T.reshape(Dkv, H, Dh)   value/bias [H, Dh]
   out/kernel   [H, Dh, Do]  = W.T.reshape(H, Dh, Do)    out/bias   [Do]
 
-Projections of the same input run as one matmul over kernels stacked at call time
-(`fused_projections`: q/k/v in self-attention, k/v in cross-attention): the params stay
-separate, but the fused step on CPU is ~13% faster (benchmarks/blip_step.py).
-
 Incremental decoding (`decode=True`, mutable 'cache' collection):
   * self-attention keeps `cached_key` / `cached_value` [B, L, H, Dh] and `cache_index`;
     each call appends its T new tokens at `cache_index` and attends causally to the cache.
@@ -107,45 +103,25 @@ class HeadProjection(nn.Module):
   bias_init: Initializer = default_bias_init
 
   @nn.compact
-  def kernel_and_bias(self, in_shape: tuple[int, ...]) -> tuple[Array, Array | None]:
-    """The params, cast to `dtype`: kernel [*in_shape, *out_shape], bias [*out_shape] or None."""
+  def __call__(self, x: Array) -> Array:
+    """[..., *in_shape] -> [..., *out_shape]."""
+    in_shape = x.shape[x.ndim - self.num_contracted:]
     flat_shape = (math.prod(in_shape), math.prod(self.out_shape))
 
     def init_kernel(rng: jax.Array, shape: tuple[int, ...], dtype: Dtype) -> Array:
       return self.kernel_init(rng, flat_shape, dtype).reshape(shape)
 
     kernel = self.param("kernel", nn.with_logical_partitioning(init_kernel, self.axis_names),
-                        tuple(in_shape) + self.out_shape, self.param_dtype)
-    bias = None
+                        in_shape + self.out_shape, self.param_dtype)
+    contracted = tuple(range(x.ndim - self.num_contracted, x.ndim))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((contracted, tuple(range(self.num_contracted))), ((), ())))
     if self.use_bias:
       bias_names = self.axis_names[self.num_contracted:]
       bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, bias_names),
-                        self.out_shape, self.param_dtype).astype(self.dtype)
-    return kernel.astype(self.dtype), bias
-
-  def __call__(self, x: Array) -> Array:
-    """[..., *in_shape] -> [..., *out_shape]."""
-    kernel, bias = self.kernel_and_bias(x.shape[x.ndim - self.num_contracted:])
-    contracted = tuple(range(x.ndim - self.num_contracted, x.ndim))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel,
-                            ((contracted, tuple(range(self.num_contracted))), ((), ())))
-    return y if bias is None else y + bias
-
-
-def fused_projections(projections: tuple[HeadProjection, ...], x: Array) -> tuple[Array, ...]:
-  """Applies several [D] -> [H, Dh] projections of the same input x [B, T, D] as one matmul.
-
-  The kernels are stacked at call time ([D, n, H, Dh]), so the params stay separate (and
-  convertible) while XLA runs one wider GEMM forward and one for each gradient, instead of
-  n narrow ones. Returns n arrays [B, T, H, Dh], equal to `p(x)` for each p.
-  """
-  params = [p.kernel_and_bias(x.shape[-1:]) for p in projections]
-  dtype = projections[0].dtype
-  kernel = jnp.stack([k for k, _ in params], axis=1)
-  y = jax.lax.dot_general(x.astype(dtype), kernel, (((x.ndim - 1,), (0,)), ((), ())))
-  if params[0][1] is not None:
-    y = y + jnp.stack([b for _, b in params], axis=0)
-  return tuple(y[..., i, :, :] for i in range(len(projections)))
+                        self.out_shape, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 class MultiHeadAttention(nn.Module):
@@ -205,7 +181,7 @@ class MultiHeadAttention(nn.Module):
                        "set head_dim")
     head_dim = self.head_dim or query_width // self.num_heads
     queries_in = inputs_q if query_pos is None else inputs_q + query_pos
-    query_module = self._projection("query", head_dim)
+    query = self._projection("query", head_dim)(queries_in)
     key_module = self._projection("key", head_dim)
     value_module = self._projection("value", head_dim)
 
@@ -215,23 +191,11 @@ class MultiHeadAttention(nn.Module):
       keys_in = inputs_kv if key_pos is None else inputs_kv + key_pos
       values_in = inputs_kv
 
-    # Projections of one input run as one matmul (`fused_projections`): q, k, v in
-    # self-attention, k, v of the memory in cross-attention (unless positions differ).
-    if is_self_attention and query_pos is None:
-      query, key, value = fused_projections((query_module, key_module, value_module),
-                                            inputs_q)
-    elif is_self_attention:
-      query, key = fused_projections((query_module, key_module), queries_in)
-      value = value_module(values_in)
+    if decode and not is_self_attention:
+      key, value = self._cached_memory_projection(key_module, value_module, keys_in,
+                                                  values_in)
     else:
-      query = query_module(queries_in)
-      if decode:
-        key, value = self._cached_memory_projection(key_module, value_module, keys_in,
-                                                    values_in)
-      elif key_pos is None:
-        key, value = fused_projections((key_module, value_module), keys_in)
-      else:
-        key, value = key_module(keys_in), value_module(values_in)
+      key, value = key_module(keys_in), value_module(values_in)
     query = nn.with_logical_constraint(query, BATCH_LENGTH_HEADS_KV)
     key = nn.with_logical_constraint(key, BATCH_LENGTH_HEADS_KV)
     value = nn.with_logical_constraint(value, BATCH_LENGTH_HEADS_KV)
