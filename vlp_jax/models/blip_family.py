@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from vlp_jax.evaluators import caption_metrics as caption_lib
+from vlp_jax.evaluators import model_eval
 from vlp_jax.evaluators import retrieval_metrics as retrieval_lib
 from vlp_jax.models import blip
 from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
@@ -79,29 +80,16 @@ def default_config(variant: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(model=model, data=data))
 
 
-def _load_tokenizer(config: ml_collections.ConfigDict) -> Any:
-  """The run's tokenizer, or None when `data.tokenizer` is not set."""
-  if not config.data.get("tokenizer"):
-    return None
-  from vlp_jax.data.tokenizer import load_tokenizer  # TensorFlow only when needed
-  return load_tokenizer(config.data.tokenizer, config.data.get("tokenizer_lower_case", True))
-
-
 def blip_config_from(config: ml_collections.ConfigDict) -> blip.BlipConfig:
   """BlipConfig from `config.model`, with vocabulary and special ids from `data.tokenizer`."""
   names = {field.name for field in dataclasses.fields(blip.BlipConfig)}
   fields = {name: config.model[name] for name in names if name in config.model}
-  tokenizer = _load_tokenizer(config)
+  tokenizer = model_eval.load_tokenizer(config)
   if tokenizer is not None:
     fields.update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
                   cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, enc_id=tokenizer.enc_id,
                   dec_id=tokenizer.dec_id)
   return blip.BlipConfig(**fields)
-
-
-def _without_prefix(metrics: dict[str, float]) -> dict[str, float]:
-  """`retrieval/img2txt_r1` -> `img2txt_r1` (the trainer prefixes the evaluator's name)."""
-  return {name.split("/", 1)[-1]: value for name, value in metrics.items()}
 
 
 def _pair_scorer(model: blip.Blip, params: Any, data: dict[str, np.ndarray],
@@ -160,12 +148,13 @@ def _retrieval_evaluator(model: blip.Blip, rerank_k: int, itm_batch_size: int) -
     itc = data["image_features"] @ data["text_features"].T
     text_to_image = np.arange(itc.shape[0])
     if rerank_k <= 0:
-      return _without_prefix(retrieval_lib.retrieval_metrics(itc, text_to_image))
+      return model_eval.without_prefix(retrieval_lib.retrieval_metrics(itc, text_to_image))
     score_pairs = _pair_scorer(model, params, data, itm_batch_size)
     img2txt, txt2img = retrieval_lib.rerank_with_itm(
         itc, lambda images, texts: score_pairs(images, texts)[:, 1], k=rerank_k,
         batch_size=itm_batch_size)  # BLIP: ITM match logit + ITC similarity
-    return _without_prefix(retrieval_lib.retrieval_metrics(img2txt, text_to_image, txt2img))
+    return model_eval.without_prefix(
+        retrieval_lib.retrieval_metrics(img2txt, text_to_image, txt2img))
 
   return Evaluator(run=run)
 
@@ -207,15 +196,6 @@ def _itm_evaluator(model: blip.Blip, itm_batch_size: int) -> Evaluator:
   return Evaluator(run=run)
 
 
-def _reference_texts(batch: dict[str, Any], row: int, tokenizer: Any) -> list[str]:
-  """Decoded reference captions of one example: text_ids [L] or [K, L] (+ text_valid [K])."""
-  ids = np.asarray(batch["text_ids"])[row]
-  if ids.ndim == 1:
-    return [tokenizer.decode(ids)]
-  valid = np.asarray(batch.get("text_valid", np.ones(ids.shape[:1], bool)))[row]
-  return [tokenizer.decode(caption) for caption, ok in zip(ids, valid) if ok]
-
-
 def _objects(batch: dict[str, Any], row: int) -> list[tuple[int, int]]:
   """(colour id, label) of one example's valid objects (`pad_objects` layout)."""
   valid = np.asarray(batch.get("box_valid", np.ones_like(batch["labels"], bool)))[row]
@@ -252,12 +232,12 @@ def _captioning_evaluator(model: blip.Blip, tokenizer: Any,
       for row in rows:
         key = len(candidates)
         candidates[key] = tokenizer.decode(sequences[row, skip:])
-        references[key] = _reference_texts(batch, row, tokenizer)
+        references[key] = model_eval.reference_texts(batch, row, tokenizer)
       if "colours" in batch and "labels" in batch:
         recalls.append(batch_object_recall(
             [candidates[key] for key in range(len(candidates) - len(rows), len(candidates))],
             [_objects(batch, row) for row in rows]))
-    metrics = _without_prefix(caption_lib.caption_metrics(references, candidates))
+    metrics = model_eval.without_prefix(caption_lib.caption_metrics(references, candidates))
     if recalls:
       metrics["object_recall"] = float(np.concatenate(recalls).mean())
     return metrics
@@ -280,7 +260,7 @@ def build(config: ml_collections.ConfigDict) -> TrainableModel:
   evaluators = {"retrieval": _retrieval_evaluator(model, config.model.get("eval_rerank_k", 0),
                                                   itm_batch_size),
                 "itm": _itm_evaluator(model, itm_batch_size)}
-  tokenizer = _load_tokenizer(config)
+  tokenizer = model_eval.load_tokenizer(config)
   if tokenizer is not None:
     evaluators["caption"] = _captioning_evaluator(model, tokenizer, config.model)
   return TrainableModel(init=init, loss_fn=blip.loss_fn_for(model), evaluators=evaluators)
