@@ -181,3 +181,39 @@ def test_family_configs(variant, grid, queries):
   assert model_config.num_queries == queries
   assert "pad_objects" in config.data.preprocess and "cxcywh" in config.data.preprocess_eval
   assert e2e_vlp_family.FAMILY.name == "e2e_vlp"
+
+
+def _scanned_params(params: dict) -> dict:
+  """Unrolled `layers_i` of the encoder and decoder stacks -> the scanned `layers` [L, ...]."""
+  def stack(stack_params: dict, num_layers: int) -> dict:
+    layers = [stack_params[f"layers_{i}"] for i in range(num_layers)]
+    return {"layers": jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
+  return dict(params, encoder=stack(params["encoder"], CONFIG.encoder_layers),
+              decoder=stack(params["decoder"], CONFIG.decoder_layers))
+
+
+def test_scanned_layers_give_the_unrolled_loss_outputs_and_captions(model_and_params):
+  model, boxed = model_and_params
+  params = nn.unbox(boxed)
+  scanned_model = e2e_vlp.build_e2e_vlp(CONFIG, scan_layers=True)
+  scanned = _scanned_params(params)
+  reference = nn.unbox(jax.eval_shape(functools.partial(e2e_vlp.init_params, scanned_model),
+                                      jax.random.PRNGKey(0)))
+  assert jax.tree.structure(reference) == jax.tree.structure(scanned)
+  assert jax.tree.map(jnp.shape, reference) == jax.tree.map(jnp.shape, scanned)
+  batch = _batch(2)
+
+  def everything(m, p):
+    loss, metrics, _ = e2e_vlp.e2e_vlp_loss(m, p, {}, batch, jax.random.PRNGKey(3),
+                                            deterministic=True)
+    outputs = m.apply({"params": p}, batch["image"], batch["text_ids"],
+                      batch["text_mask"].astype(bool))
+    captions = e2e_vlp.caption(m, p, batch["image"], max_length=6, method="beam", num_beams=2)
+    return loss, metrics, outputs, captions
+
+  expected = jax.jit(functools.partial(everything, model))(params)
+  got = jax.jit(functools.partial(everything, scanned_model))(scanned)
+  jax.tree.map(lambda e, g: np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5),
+               expected[:3], got[:3])
+  np.testing.assert_array_equal(got[3].sequences, expected[3].sequences)
+  np.testing.assert_allclose(got[3].scores, expected[3].scores, atol=1e-4)
