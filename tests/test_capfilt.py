@@ -71,15 +71,19 @@ def source(data_dir, run_dir):
           "probabilities": probabilities}
 
 
-def _run(data_dir, run_dir, output_dir, threshold, seed=0, copy_splits=None):
+def _argv(data_dir, run_dir, output_dir, threshold, seed=0, copy_splits=None):
   argv = ["--captioner", run_dir, "--filter", run_dir, "--dataset", DATASET, "--split", "train",
           "--data_dir", data_dir, "--output_dir", str(output_dir), "--itm_threshold",
           str(threshold), "--batch_size", "8", "--max_length", "10", "--min_length", "6",
           "--seed", str(seed)]
-  if copy_splits is not None:
-    argv += ["--copy_splits", copy_splits]
+  return argv + ([] if copy_splits is None else ["--copy_splits", copy_splits])
+
+
+def _run(*args, **kwargs):
+  argv = _argv(*args, **kwargs)
   assert capfilt.main(argv) == 0
-  with open(os.path.join(output_dir, "capfilt_report.json"), encoding="utf-8") as stream:
+  with open(os.path.join(argv[argv.index("--output_dir") + 1], "capfilt_report.json"),
+            encoding="utf-8") as stream:
     return json.load(stream)
 
 
@@ -160,7 +164,13 @@ def test_threshold_zero_keeps_all_and_above_one_drops_all(tmp_path, data_dir, ru
 
 def test_same_seed_same_output(tmp_path, filtered, data_dir, run_dir):
   report, threshold = filtered
-  again = _run(data_dir, run_dir, tmp_path, threshold)
+  again = _run(data_dir, run_dir, tmp_path, threshold, copy_splits="")
   strip = lambda r: {k: v for k, v in r.items() if k != "output"}
   assert strip(again) == strip(report)
   assert _written(again) == _written(report)
+
+
+def test_existing_output_is_refused(filtered, data_dir, run_dir, capsys):
+  report, threshold = filtered
+  assert capfilt.main(_argv(data_dir, run_dir, report["output"]["data_dir"], threshold)) == 2
+  assert "already holds" in capsys.readouterr().err
