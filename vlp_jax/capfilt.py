@@ -16,7 +16,8 @@ image of the split, in the split's order:
 3. the image is written with its kept texts as `captions` (originals first), every other
    feature unchanged (the encoded image is copied, not re-encoded); an image with no kept
    text is dropped.
-Sampling draws from `--seed` and the batch's index: the same seed gives the same dataset.
+Sampling draws from `--seed` and the batch's index: the same seed and batch size give the
+same dataset.
 
 Output: a TFDS dataset `--output_name` (default `capfilt/<dataset>`, e.g.
 `capfilt/shapes_64px`) under `--output_dir`, with the source's features
