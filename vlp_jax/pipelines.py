@@ -1,8 +1,10 @@
-"""Inference pipelines: `load(path)` -> `BlipPipeline` with ITM, ITC and captioning on raw inputs.
+"""Inference pipelines: `load(path)` -> a pipeline over raw inputs.
 
-`path` is either a converted directory (`python -m vlp_jax.convert hf-blip`, holding
-`vlp_config.json`) or a training workdir (`config.json` + `checkpoints/`; the latest step,
-or `load(path, step=...)`). Images are uint8 [H, W, 3] numpy arrays, texts python strings.
+- `BlipPipeline` (ITM, ITC, captioning): a converted directory (`python -m vlp_jax.convert
+  hf-blip`, holding `vlp_config.json`) or a BLIP training workdir;
+- `E2EVLPPipeline` (detection, captioning): an E2E-VLP training workdir.
+Training workdirs hold `config.json` + `checkpoints/`; the latest step is loaded, or
+`load(path, step=...)`. Images are uint8 [H, W, 3] numpy arrays, texts python strings.
 
 Preprocessing follows the directory's own files:
 - converted HF checkpoints: BlipImageProcessor's steps: PIL resize to (height, width) with its
@@ -42,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlp_jax.convert import hf_blip, params_io
-from vlp_jax.models import blip
+from vlp_jax.models import blip, e2e_vlp
 
 PyTree = Any
 
@@ -220,6 +222,56 @@ class BlipPipeline:
     return [self.tokenizer.decode(row[skip:]) for row in sequences]
 
 
+class E2EVLPPipeline:
+  """An E2E-VLP model, its params, tokenizer and image settings: detection and captioning."""
+
+  def __init__(self, config: e2e_vlp.E2EVLPConfig, params: PyTree, tokenizer: Any,
+               image_settings: ImageSettings):
+    self.config = config
+    self.params = params
+    self.tokenizer = tokenizer
+    self.image_settings = image_settings
+    self.model = e2e_vlp.build_e2e_vlp(config)
+    self._captioners: dict[tuple[int, int, int], Any] = {}
+
+  def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    """uint8 images -> float32 [N, S, S, 3] (the run's eval preprocessing)."""
+    return preprocess_images(images, self.image_settings)
+
+  def detect(self, images: Sequence[np.ndarray], *, score_threshold: float = 0.0
+             ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per image: (boxes [K, 4] float32 xyxy in that image's pixels, labels [K] int32,
+    scores [K] float32), queries scoring above the threshold, best first."""
+    pixels = self.preprocess(images)
+    results = e2e_vlp.detect(self.model, self.params, pixels, score_threshold=score_threshold)
+    size = np.asarray(pixels.shape[1:3], np.float32)  # (height, width) the model saw
+    out = []
+    for image, (boxes, labels, scores) in zip(images, results):
+      scale = np.asarray(np.shape(image)[:2], np.float32) / size
+      out.append(((boxes * np.tile(scale[::-1], 2)).astype(np.float32),
+                  labels.astype(np.int32), scores.astype(np.float32)))
+    return out
+
+  def caption_ids(self, images: Sequence[np.ndarray], *, max_length: int = 20,
+                  num_beams: int = 1, min_length: int = 0) -> np.ndarray:
+    """Token ids [N, max_length]: `[DEC] caption... [SEP] pad...` (greedy when num_beams is
+    1, else beam search); `max_length` counts [DEC]."""
+    key = (max_length, num_beams, min_length)
+    if key not in self._captioners:
+      self._captioners[key] = jax.jit(lambda params, images: e2e_vlp.caption(
+          self.model, params, images, max_length=max_length,
+          method="beam" if num_beams > 1 else "greedy", num_beams=num_beams,
+          min_length=min_length).sequences)
+    return np.asarray(self._captioners[key](self.params, self.preprocess(images)))
+
+  def caption(self, images: Sequence[np.ndarray], *, max_length: int = 20, num_beams: int = 1,
+              min_length: int = 0) -> list[str]:
+    """One caption per image."""
+    sequences = self.caption_ids(images, max_length=max_length, num_beams=num_beams,
+                                 min_length=min_length)
+    return [self.tokenizer.decode(row[1:]) for row in sequences]
+
+
 # -------------------------------------------------------------------------------- loading
 def _load_converted(path: str) -> BlipPipeline:
   with open(os.path.join(path, hf_blip.CONFIG_FILE), encoding="utf-8") as stream:
@@ -254,33 +306,66 @@ def run_image_settings(run_config: Any, image_size: int) -> ImageSettings:
                        do_normalize=do_normalize, mean=tuple(mean), std=tuple(std))
 
 
-def load_run(workdir: str, step: int | None = None) -> BlipPipeline:
-  """A pipeline over a training workdir (`config.json` + `checkpoints/`)."""
+def _run_config(workdir: str) -> Any:
+  """A training workdir's `config.json`; it must name a tokenizer."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-
-  from vlp_jax.data.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
-  from vlp_jax.models import blip_family  # pylint: disable=g-import-not-at-top
-  from vlp_jax.train.checkpoint import restore_params  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as stream:
     run_config = ml_collections.ConfigDict(json.load(stream))
-  if run_config.model.family != "blip":
-    raise ValueError(f"{workdir}: pipelines support the blip family, not "
-                     f"{run_config.model.family!r}")
   if not run_config.data.get("tokenizer"):
     raise ValueError(f"{workdir}: the run has no data.tokenizer; texts cannot be tokenised")
-  config = blip_family.blip_config_from(run_config)
-  tokenizer = load_tokenizer(run_config.data.tokenizer,
-                             run_config.data.get("tokenizer_lower_case", True))
+  return run_config
+
+
+def _run_tokenizer(run_config: Any) -> Any:
+  from vlp_jax.data.tokenizer import load_tokenizer  # pylint: disable=g-import-not-at-top
+  return load_tokenizer(run_config.data.tokenizer,
+                        run_config.data.get("tokenizer_lower_case", True))
+
+
+def _run_params(workdir: str, step: int | None) -> PyTree:
+  """The checkpoint's params with scanned layer stacks unrolled to `layers_i`."""
+  from vlp_jax.train.checkpoint import restore_params  # pylint: disable=g-import-not-at-top
   params, _ = restore_params(workdir, step)
-  return BlipPipeline(config, params_io.unscan_layers(params), tokenizer,
+  return params_io.unscan_layers(params)
+
+
+def load_run(workdir: str, step: int | None = None) -> BlipPipeline:
+  """A pipeline over a BLIP training workdir (`config.json` + `checkpoints/`)."""
+  from vlp_jax.models import blip_family  # pylint: disable=g-import-not-at-top
+  run_config = _run_config(workdir)
+  if run_config.model.family != "blip":
+    raise ValueError(f"{workdir}: load_run reads blip runs, not {run_config.model.family!r} "
+                     "(pipelines.load reads any supported family)")
+  config = blip_family.blip_config_from(run_config)
+  return BlipPipeline(config, _run_params(workdir, step), _run_tokenizer(run_config),
                       run_image_settings(run_config, config.image_size), conventions="blip",
                       default_prompt=run_config.model.get("eval_caption_prompt", ""))
 
 
-def load(path: str, step: int | None = None) -> BlipPipeline:
-  """A converted directory (`vlp_config.json`) or a training workdir (`config.json`)."""
+def load_e2e_vlp_run(workdir: str, step: int | None = None) -> E2EVLPPipeline:
+  """A pipeline over an E2E-VLP training workdir (`config.json` + `checkpoints/`)."""
+  from vlp_jax.models import e2e_vlp_family  # pylint: disable=g-import-not-at-top
+  run_config = _run_config(workdir)
+  if run_config.model.family != "e2e_vlp":
+    raise ValueError(f"{workdir}: not an e2e_vlp run ({run_config.model.family!r})")
+  config = e2e_vlp_family.e2e_vlp_config_from(run_config)
+  return E2EVLPPipeline(config, _run_params(workdir, step), _run_tokenizer(run_config),
+                        run_image_settings(run_config, config.image_size))
+
+
+_RUN_LOADERS = {"blip": load_run, "e2e_vlp": load_e2e_vlp_run}
+
+
+def load(path: str, step: int | None = None) -> BlipPipeline | E2EVLPPipeline:
+  """A converted directory (`vlp_config.json`) or a training workdir (`config.json`) of a
+  blip or e2e_vlp run."""
   if os.path.exists(os.path.join(path, hf_blip.CONFIG_FILE)):
     return _load_converted(path)
   if os.path.exists(os.path.join(path, "config.json")):
-    return load_run(path, step)
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as stream:
+      family = json.load(stream).get("model", {}).get("family")
+    if family not in _RUN_LOADERS:
+      raise ValueError(f"{path}: pipelines support the {sorted(_RUN_LOADERS)} families, "
+                       f"not {family!r}")
+    return _RUN_LOADERS[family](path, step)
   raise FileNotFoundError(f"{path} holds neither {hf_blip.CONFIG_FILE} nor config.json")
