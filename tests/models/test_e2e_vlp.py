@@ -217,3 +217,32 @@ def test_scanned_layers_give_the_unrolled_loss_outputs_and_captions(model_and_pa
                expected[:3], got[:3])
   np.testing.assert_array_equal(got[3].sequences, expected[3].sequences)
   np.testing.assert_allclose(got[3].scores, expected[3].scores, atol=1e-4)
+
+
+class _WordTokenizer:
+  """Ids are indices into WORDS; decode stops at [SEP] (id 1) and skips [PAD]/[DEC] (0, 2)."""
+  WORDS = ["[PAD]", "[SEP]", "[DEC]", "a", "red", "circle", "blue", "square", "and"]
+
+  def decode(self, ids) -> str:
+    words = []
+    for i in np.asarray(ids).tolist():
+      if i == 1:
+        break
+      if i > 2:
+        words.append(self.WORDS[i])
+    return " ".join(words)
+
+
+def test_caption_evaluator_reports_object_recall_of_the_valid_objects():
+  # Image 0: red circle + blue square (both named); image 1: red circle (named as blue);
+  # image 2 is padding (mask False). Colour ids: red 0, blue 4; labels: circle 0, square 1.
+  captions = np.asarray([[2, 3, 4, 5, 8, 3, 6, 7, 1], [2, 3, 6, 5, 1, 0, 0, 0, 0],
+                         [2, 3, 4, 5, 1, 0, 0, 0, 0]])
+  batch = {"image": np.zeros((3, 4, 4, 3), np.float32), "mask": np.asarray([True, True, False]),
+           "text_ids": captions, "labels": np.asarray([[0, 1], [0, 0], [0, 0]]),
+           "colours": np.asarray([[0, 4], [0, -1], [0, -1]]),
+           "box_valid": np.asarray([[True, True], [True, False], [True, False]])}
+  evaluator = e2e_vlp_family.caption_evaluator(lambda params, images: captions, _WordTokenizer())
+  metrics = evaluator.run(None, {}, [batch])
+  np.testing.assert_allclose(metrics["object_recall"], 0.5)  # mean of 1.0 and 0.0
+  assert metrics["bleu4"] > 0.5 and "cider" in metrics   # captions equal their references

@@ -30,7 +30,7 @@ def test_tiny_e2e_vlp_trains_and_evaluates_on_shapes(shapes_data_dir, tmp_path):
   for name in ("loss", "mlm_loss", "itm_loss", "detection_loss", "loss_ce", "loss_bbox",
                "loss_giou", "loss_ce_aux", "attribute_loss", "lm_loss"):
     assert np.isfinite(result.metrics[name]), (name, result.metrics)
-  for name in ("detection/ap", "detection/ap50", "itm/accuracy"):
+  for name in ("detection/ap", "detection/ap50", "itm/accuracy", "caption/object_recall"):
     assert 0.0 <= result.eval_metrics[name] <= 1.0, result.eval_metrics
   for name in ("bleu4", "cider"):
     assert np.isfinite(result.eval_metrics[f"caption/{name}"]), result.eval_metrics
