@@ -8,8 +8,10 @@
   positions get zeros there). Heads: MLM (BERT head tied to the word embeddings), ITM on [CLS].
 - One decoder stack (post-LN, cross-attention to the encoder memory, the memory's keys get
   the same positions) shared by two tasks that differ in inputs and heads:
-  - detection: N learned object queries (`query_pos`, DETR: zero inputs, the query embedding
-    added to queries and keys at every layer), every layer's output through the shared final
+  - detection: N learned object queries, each both the decoder's input and its `query_pos`
+    (added to queries and keys at every layer as DETR; DETR's inputs are zeros, which leaves
+    the queries nearly identical until cross-attention localises: learned inputs made boxes
+    converge faster on shapes), every layer's output through the shared final
     LayerNorm and the class (C + 1, index C = no object), box (3-layer MLP, sigmoid cxcywh)
     and attribute heads -> auxiliary outputs of every layer;
   - captioning: causal LM over its own caption embeddings ([DEC] as BOS), LM head tied to them;
@@ -93,14 +95,18 @@ class E2EVLPConfig:
 
 
 def _dense(features: int, axes: tuple[str | None, str | None], name: str, dtype: Dtype,
-           param_dtype: Dtype) -> nn.Dense:
+           param_dtype: Dtype, kernel_init: nn.initializers.Initializer = (
+               nn.initializers.xavier_uniform())) -> nn.Dense:
   return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), axes),
+                  kernel_init=nn.with_logical_partitioning(kernel_init, axes),
                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)))
 
 
 class BoxHead(nn.Module):
-  """DETR box MLP: Dense-ReLU-Dense-ReLU-Dense(4) -> sigmoid. [..., D] -> [..., 4] cxcywh."""
+  """DETR box MLP: Dense-ReLU-Dense-ReLU-Dense(4) -> sigmoid. [..., D] -> [..., 4] cxcywh.
+
+  The last layer starts at zero (as Deformable DETR), so every box starts at the image
+  centre with half its size and the matching cost starts from the class term."""
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -109,7 +115,8 @@ class BoxHead(nn.Module):
     width = x.shape[-1]
     x = nn.relu(_dense(width, ("embed", "mlp"), "fc1", self.dtype, self.param_dtype)(x))
     x = nn.relu(_dense(width, ("mlp", "embed"), "fc2", self.dtype, self.param_dtype)(x))
-    x = _dense(4, ("embed", None), "fc3", self.dtype, self.param_dtype)(x)
+    x = _dense(4, ("embed", None), "fc3", self.dtype, self.param_dtype,
+               nn.initializers.zeros)(x)
     return jax.nn.sigmoid(x.astype(jnp.float32))
 
 
@@ -206,7 +213,8 @@ class E2EVLP(nn.Module):
     boxes [L, B, N, 4] cxcywh in [0, 1], attributes [L, B, N, A]} (float32)."""
     c = self.config
     batch = memory.shape[0]
-    queries = jnp.zeros((batch, c.num_queries, c.width), self.dtype)
+    queries = jnp.broadcast_to(self.object_queries.astype(self.dtype),
+                               (batch, c.num_queries, c.width))
     _, layers = self.decoder(queries, memory, query_pos=self.object_queries[None].astype(
         self.dtype), memory_pos=self.memory_pos(2, image_pos), deterministic=deterministic)
     hidden = self.decoder_norm(layers)
