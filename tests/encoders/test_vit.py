@@ -2,11 +2,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 from flax import linen as nn
 from transformers import BlipVisionConfig, BlipVisionModel
 
 from vlp_jax.encoders import VisionTransformer
+from vlp_jax.layers import sine_position_encoding_2d
 from vlp_jax.models.blip_hf import vision_params_from_hf
 
 TINY = dict(image_size=32, patch_size=8, width=16, num_layers=2, num_heads=2, mlp_dim=32)
@@ -21,6 +23,21 @@ def test_vit_shapes_and_resampled_positions():
   assert out.shape == (2, 17, 16)
   bigger = model.apply({"params": params}, jnp.ones((2, 48, 40, 3)))
   assert bigger.shape == (2, 1 + 6 * 5, 16) and np.isfinite(bigger).all()
+
+
+def test_vit_sincos2d_position_init_is_the_sine_grid_and_learnable():
+  model = VisionTransformer(**TINY, position_init="sincos2d")
+  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"])
+  positions = params["position_embedding"]
+  np.testing.assert_array_equal(positions[0, 0], 0.0)  # [CLS]
+  np.testing.assert_allclose(positions[0, 1:], sine_position_encoding_2d(4, 4, 16), atol=1e-6)
+  assert len({tuple(np.round(row, 5)) for row in np.asarray(positions[0, 1:])}) == 16
+  first_channel = lambda p: model.apply({"params": p}, jnp.ones((1, 32, 32, 3)))[..., 0].sum()
+  grads = jax.grad(first_channel)(params)
+  assert np.abs(grads["position_embedding"]).max() > 0
+  with pytest.raises(ValueError, match="position_init"):
+    VisionTransformer(**TINY, position_init="rope").init(jax.random.key(0),
+                                                         jnp.zeros((1, 32, 32, 3)))
 
 
 def test_vit_matches_hf_blip_vision_model():

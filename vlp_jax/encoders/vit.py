@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vlp_jax.layers import (PatchEmbedding, TransformerStack, grid_size_for, layer_norm,
-                            resample_position_embedding)
+                            resample_position_embedding, sine_position_encoding_2d)
 from vlp_jax.layers.common import BATCH_LENGTH_EMBED, Array, Dtype
 
 
@@ -38,6 +38,10 @@ class VisionTransformer(nn.Module):
     image_size: the resolution the position embedding is built for (N = (image_size / p)^2).
     patch_size: p. width: D. num_layers, num_heads, mlp_dim: the pre-LN blocks.
     layer_norm_epsilon: 1e-5 in HF `BlipVisionConfig` (salesforce BLIP's timm ViT uses 1e-6).
+    position_init: how the learned position embedding starts: "normal" (std 0.02, as BLIP)
+      or "sincos2d" (DETR's 2-D sine encoding of the patch grid, [CLS] at 0). From scratch
+      on small data the sine start gives the patches a position signal as large as their
+      content from the first step; the param (and its Hugging Face layout) is the same.
   """
   image_size: int = 224
   patch_size: int = 16
@@ -52,6 +56,7 @@ class VisionTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
   remat_policy: str = "none"
   scan_layers: bool = False
+  position_init: str = "normal"
 
   @nn.compact
   def __call__(self, images: Array, *, deterministic: bool = True) -> Array:
@@ -60,13 +65,15 @@ class VisionTransformer(nn.Module):
                              dtype=self.dtype, param_dtype=self.param_dtype,
                              name="patch_embedding")(images)
     batch = patches.shape[0]
-    init = nn.initializers.normal(stddev=0.02)
     class_embedding = self.param(
-        "class_embedding", nn.with_logical_partitioning(init, (None, None, "embed")),
+        "class_embedding",
+        nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), (None, None, "embed")),
         (1, 1, self.width), self.param_dtype)
     num_patches = grid_size_for(self.image_size, self.patch_size)
     position_embedding = self.param(
-        "position_embedding", nn.with_logical_partitioning(init, (None, None, "embed")),
+        "position_embedding",
+        nn.with_logical_partitioning(self._position_initializer(num_patches),
+                                     (None, None, "embed")),
         (1, 1 + num_patches[0] * num_patches[1], self.width), self.param_dtype)
     grid = (images.shape[1] // self.patch_size, images.shape[2] // self.patch_size)
     if grid != num_patches:
@@ -84,6 +91,19 @@ class VisionTransformer(nn.Module):
         scan_layers=self.scan_layers, name="encoder")(x, deterministic=deterministic)
     return layer_norm(self.layer_norm_epsilon, self.dtype, self.param_dtype,
                       name="post_layernorm")(x)
+
+  def _position_initializer(self, grid: tuple[int, int]) -> nn.initializers.Initializer:
+    if self.position_init == "normal":
+      return nn.initializers.normal(stddev=0.02)
+    if self.position_init != "sincos2d":
+      raise ValueError(f"unknown position_init {self.position_init!r}; "
+                       "known: 'normal', 'sincos2d'")
+
+    def sincos2d(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> Array:
+      del key
+      patches = sine_position_encoding_2d(grid[0], grid[1], shape[-1])
+      return jnp.concatenate([jnp.zeros((1, shape[-1])), patches])[None].astype(dtype)
+    return sincos2d
 
 
 def vit_settings(variant: str) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class BlipConfig:
   vision_heads: int = 12
   vision_mlp_dim: int = 3072
   vision_layer_norm_epsilon: float = 1e-5
+  vision_position_init: str = "normal"
   vocab_size: int = 30524
   text_width: int = 768
   text_layers: int = 12
@@ -199,8 +200,8 @@ class Blip(nn.Module):
     self.vision = VisionTransformer(
         image_size=c.image_size, patch_size=c.patch_size, width=c.vision_width,
         num_layers=c.vision_layers, num_heads=c.vision_heads, mlp_dim=c.vision_mlp_dim,
-        layer_norm_epsilon=c.vision_layer_norm_epsilon, dtype=self.dtype,
-        param_dtype=self.param_dtype, remat_policy=self.remat_policy,
+        layer_norm_epsilon=c.vision_layer_norm_epsilon, position_init=c.vision_position_init,
+        dtype=self.dtype, param_dtype=self.param_dtype, remat_policy=self.remat_policy,
         scan_layers=self.scan_layers)
     self.text = MedTextTransformer(c, dtype=self.dtype, param_dtype=self.param_dtype,
                                    remat_policy=self.remat_policy, scan_layers=self.scan_layers)
