@@ -39,9 +39,9 @@ def run_dir(tmp_path_factory):
   with open(vocab_path, "w", encoding="utf-8") as stream:
     stream.write("".join(token + "\n" for token in VOCAB))
   config = run_config("blip", "tiny")
-  config.model.update(image_size=32, vision_width=16, vision_layers=1, vision_mlp_dim=32,
-                      text_width=16, text_layers=1, text_mlp_dim=32, max_text_length=16,
-                      embed_dim=8, queue_size=16)
+  config.model.update(image_size=32, patch_size=8, vision_width=16, vision_layers=1,
+                      vision_mlp_dim=32, text_width=16, text_layers=1, text_mlp_dim=32,
+                      max_text_length=16, embed_dim=8, queue_size=16)
   config.data.update(tokenizer=vocab_path, max_text_length=16)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as stream:
     stream.write(config.to_json_best_effort(indent=2))
@@ -133,12 +133,13 @@ def test_counts_add_up_and_kept_texts_pass_the_filter(filtered, source):
 
 def test_output_loads_through_make_pipeline(filtered, run_dir):
   report, _ = filtered
-  data = blip_family.default_config("tiny").data
+  defaults = blip_family.default_config("tiny")
+  data, size = defaults.data, defaults.model.image_size
   data.update(name=report["output"]["name"], data_dir=report["output"]["data_dir"],
               tokenizer=os.path.join(run_dir, "vocab.txt"), max_text_length=16)
   batch = next(make_pipeline(data, split="train", train=True, global_batch_size=4, seed=0,
                              process_index=0, process_count=1))
-  assert batch["image"].shape == (4, 64, 64, 3) and batch["text_ids"].shape == (4, 16)
+  assert batch["image"].shape == (4, size, size, 3) and batch["text_ids"].shape == (4, 16)
   batches = list(make_pipeline(data, split="validation", train=False, global_batch_size=4,
                                seed=0, process_index=0, process_count=1))
   assert sum(int(b["mask"].sum()) for b in batches) == 8

@@ -32,8 +32,9 @@ def run_dir(tmp_path_factory):
   with open(vocab_path, "w", encoding="utf-8") as stream:
     stream.write("".join(token + "\n" for token in VOCAB))
   config = run_config("blip", "tiny")
-  config.model.update(image_size=SIZE, vision_width=32, vision_mlp_dim=48, text_width=24,
-                      text_mlp_dim=40, max_text_length=16, embed_dim=8, queue_size=16)
+  config.model.update(image_size=SIZE, patch_size=8, vision_width=32, vision_mlp_dim=48,
+                      text_width=24, text_mlp_dim=40, max_text_length=16, embed_dim=8,
+                      queue_size=16)
   config.data.update(tokenizer=vocab_path, max_text_length=16)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as stream:
     stream.write(config.to_json_best_effort(indent=2))
