@@ -24,7 +24,7 @@ demo: venv
 	$(PY) -m vlp_jax.demo --data_dir data --workdir runs/demo
 
 test: venv-test
-	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -rxX --durations=25 $(PYTEST_ARGS)
 
 test-fast: venv-test
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

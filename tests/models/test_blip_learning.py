@@ -14,10 +14,13 @@ from vlp_jax.train import trainer
 from vlp_jax.train.config import load_config_file
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-# Issue [3] item 8. Reached: ITM accuracy (0.98 measured). Not yet reached with the 1,600-step
-# default (measured on test: R@1 0.59 / 0.60, caption object recall 0.50): the test fails on a
-# regression of what is reached and reports the rest as an expected failure with the values.
-REACHED = {"itm/accuracy": 0.9}
+# Issue [3] item 8 thresholds: R@1 >= 0.8 both ways, ITM accuracy >= 0.9, caption object
+# recall >= 0.8. Measured on test with the 1,600-step default: R@1 0.59 / 0.60, ITM 0.98,
+# object recall 0.50. REACHED fails the test on a regression (the ITM threshold, and floors
+# well above chance for the rest); NOT_YET_REACHED reports the issue thresholds not reached
+# yet as an expected failure with the values.
+REACHED = {"itm/accuracy": 0.9, "retrieval/img2txt_r1": 0.5, "retrieval/txt2img_r1": 0.5,
+           "caption/object_recall": 0.4}
 NOT_YET_REACHED = {"retrieval/img2txt_r1": 0.8, "retrieval/txt2img_r1": 0.8,
                    "caption/object_recall": 0.8}
 
