@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from vlp_jax.evaluators import model_eval
 from vlp_jax.models import e2e_vlp, e2e_vlp_family
 from vlp_jax.models.registry import get_family
 
@@ -242,7 +243,7 @@ def test_caption_evaluator_reports_object_recall_of_the_valid_objects():
            "text_ids": captions, "labels": np.asarray([[0, 1], [0, 0], [0, 0]]),
            "colours": np.asarray([[0, 4], [0, -1], [0, -1]]),
            "box_valid": np.asarray([[True, True], [True, False], [True, False]])}
-  evaluator = e2e_vlp_family.caption_evaluator(lambda params, images: captions, _WordTokenizer())
+  evaluator = model_eval.captioning_evaluator(lambda params, images: captions, _WordTokenizer())
   metrics = evaluator.run(None, {}, [batch])
   np.testing.assert_allclose(metrics["object_recall"], 0.5)  # mean of 1.0 and 0.0
   assert metrics["bleu4"] > 0.5 and "cider" in metrics   # captions equal their references

@@ -42,21 +42,38 @@ def reference_texts(batch: Batch, row: int, tokenizer: Any) -> list[str]:
   return [tokenizer.decode(caption) for caption, ok in zip(ids, valid) if ok]
 
 
+def object_pairs(batch: Batch, row: int) -> list[tuple[int, int]]:
+  """(colour id, label) of one example's valid objects (`pad_objects` layout with colours)."""
+  labels = np.asarray(batch["labels"])[row]
+  valid = np.asarray(batch.get("box_valid", np.ones(np.shape(batch["labels"]), bool)), bool)[row]
+  colours = np.asarray(batch["colours"])[row]
+  return [(int(colour), int(label)) for colour, label in zip(colours[valid], labels[valid])]
+
+
 def captioning_evaluator(generate: Callable[[Any, jax.Array], jax.Array], tokenizer: Any,
                          skip: int = 1) -> Evaluator:
   """BLEU-1..4 / CIDEr-D of `generate`d captions (the first `skip` tokens, BOS and prompt,
-  dropped) against the batch's reference text(s)."""
+  dropped) against the batch's reference text(s), and `object_recall` of each caption on its
+  valid (colour, label) objects when the batches carry them (`pad_objects` on shapes)."""
+  # Imported here: the builders package registers the TFDS builders (TensorFlow) on import.
+  from vlp_jax.data.builders.object_recall import batch_object_recall
 
   def run(params: Any, extra_state: Any, batches: Iterable[Batch]) -> dict[str, float]:
     del extra_state
-    references, candidates = {}, {}
+    references, candidates, recalls = {}, {}, []
     for batch in batches:
       sequences = np.asarray(jax.device_get(generate(params, batch["image"])))
-      for row in np.flatnonzero(np.asarray(batch["mask"], bool)):
-        key = len(candidates)
-        candidates[key] = tokenizer.decode(sequences[row, skip:])
-        references[key] = reference_texts(batch, row, tokenizer)
-    return without_prefix(caption_lib.caption_metrics(references, candidates))
+      rows = np.flatnonzero(np.asarray(batch["mask"], bool))
+      texts = [tokenizer.decode(sequences[row, skip:]) for row in rows]
+      for row, text in zip(rows, texts):
+        references[len(candidates)] = reference_texts(batch, row, tokenizer)
+        candidates[len(candidates)] = text
+      if "colours" in batch and "labels" in batch:
+        recalls.append(batch_object_recall(texts, [object_pairs(batch, row) for row in rows]))
+    metrics = without_prefix(caption_lib.caption_metrics(references, candidates))
+    if recalls:
+      metrics["object_recall"] = float(np.concatenate(recalls).mean())
+    return metrics
 
   return Evaluator(run=run)
 

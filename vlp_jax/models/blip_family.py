@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlp_jax.evaluators import caption_metrics as caption_lib
 from vlp_jax.evaluators import model_eval
 from vlp_jax.evaluators import retrieval_metrics as retrieval_lib
 from vlp_jax.models import blip
@@ -201,23 +200,13 @@ def _itm_evaluator(model: blip.Blip, itm_batch_size: int) -> Evaluator:
   return Evaluator(run=run)
 
 
-def _objects(batch: dict[str, Any], row: int) -> list[tuple[int, int]]:
-  """(colour id, label) of one example's valid objects (`pad_objects` layout)."""
-  valid = np.asarray(batch.get("box_valid", np.ones_like(batch["labels"], bool)))[row]
-  return [(int(colour), int(label)) for colour, label, ok in
-          zip(np.asarray(batch["colours"])[row], np.asarray(batch["labels"])[row], valid) if ok]
-
-
 def _captioning_evaluator(model: blip.Blip, tokenizer: Any,
                           model_config: ml_collections.ConfigDict) -> Evaluator:
-  """BLEU / CIDEr-D of prompted beam-search captions against the eval references, and their
-  object recall when the batches carry the objects (`pad_objects`: labels, colours)."""
-  # Imported here: the builders package registers the TFDS builders (TensorFlow) on import.
-  from vlp_jax.data.builders.object_recall import batch_object_recall
+  """`model_eval.captioning_evaluator` of BLIP's decoding with the eval settings (prompt,
+  beams, lengths); the prompt is stripped from the captions."""
   prompt = model_config.get("eval_caption_prompt", "")
   prompt_ids = np.asarray(tokenizer.encode(prompt), np.int32) if prompt else None
   num_beams = model_config.get("eval_caption_num_beams", 3)
-  skip = 1 + (0 if prompt_ids is None else len(prompt_ids))  # [DEC] and the prompt
 
   @jax.jit
   def generate(params: Any, images: jax.Array) -> jax.Array:
@@ -227,27 +216,8 @@ def _captioning_evaluator(model: blip.Blip, tokenizer: Any,
         method="beam" if num_beams > 1 else "greedy", num_beams=num_beams,
         prompt_ids=None if prompt_ids is None else jnp.asarray(prompt_ids)).sequences
 
-  def run(params: Any, extra_state: Any, batches: Iterable[dict[str, jax.Array]]
-          ) -> dict[str, float]:
-    del extra_state
-    references, candidates, recalls = {}, {}, []
-    for batch in batches:
-      sequences = np.asarray(jax.device_get(generate(params, batch["image"])))
-      rows = np.flatnonzero(np.asarray(batch["mask"], bool))
-      for row in rows:
-        key = len(candidates)
-        candidates[key] = tokenizer.decode(sequences[row, skip:])
-        references[key] = model_eval.reference_texts(batch, row, tokenizer)
-      if "colours" in batch and "labels" in batch:
-        recalls.append(batch_object_recall(
-            [candidates[key] for key in range(len(candidates) - len(rows), len(candidates))],
-            [_objects(batch, row) for row in rows]))
-    metrics = model_eval.without_prefix(caption_lib.caption_metrics(references, candidates))
-    if recalls:
-      metrics["object_recall"] = float(np.concatenate(recalls).mean())
-    return metrics
-
-  return Evaluator(run=run)
+  skip = 1 + (0 if prompt_ids is None else len(prompt_ids))  # [DEC] and the prompt
+  return model_eval.captioning_evaluator(generate, tokenizer, skip)
 
 
 def build(config: ml_collections.ConfigDict) -> TrainableModel:

@@ -21,7 +21,7 @@ Evaluators (all on `data.eval_split`):
   colours (`pad_objects` on shapes).
 """
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlp_jax.evaluators import caption_metrics as caption_lib
 from vlp_jax.evaluators import model_eval
 from vlp_jax.models import e2e_vlp
 from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
@@ -122,37 +121,6 @@ def itm_evaluator(model: e2e_vlp.E2EVLP) -> Evaluator:
   return Evaluator(run=run)
 
 
-def caption_evaluator(generate: Callable[[Any, jax.Array], jax.Array], tokenizer: Any
-                      ) -> Evaluator:
-  """BLEU / CIDEr-D of `generate`d captions ([DEC] dropped) against the batch's references,
-  and the object recall of each caption on its valid (colour, label) objects when the
-  batches carry `colours`."""
-  # Imported here: the builders package registers the TFDS builders (TensorFlow) on import.
-  from vlp_jax.data.builders.object_recall import batch_object_recall
-
-  def run(params: Any, extra_state: Any, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-    del extra_state
-    references, candidates, recalls = {}, {}, []
-    for batch in batches:
-      sequences = np.asarray(jax.device_get(generate(params, batch["image"])))
-      rows = np.flatnonzero(np.asarray(batch["mask"], bool))
-      texts = [tokenizer.decode(sequences[row, 1:]) for row in rows]
-      for row, text in zip(rows, texts):
-        references[len(candidates)] = model_eval.reference_texts(batch, row, tokenizer)
-        candidates[len(candidates)] = text
-      if "colours" in batch:
-        valid = np.asarray(batch["box_valid"], bool)
-        colours, labels = np.asarray(batch["colours"]), np.asarray(batch["labels"])
-        recalls.append(batch_object_recall(texts, [
-            list(zip(colours[row][valid[row]], labels[row][valid[row]])) for row in rows]))
-    metrics = model_eval.without_prefix(caption_lib.caption_metrics(references, candidates))
-    if recalls:
-      metrics["object_recall"] = float(np.concatenate(recalls).mean())
-    return metrics
-
-  return Evaluator(run=run)
-
-
 def build(config: ml_collections.ConfigDict) -> TrainableModel:
   """The E2E-VLP `TrainableModel` for a full run config."""
   model_config = e2e_vlp_config_from(config)
@@ -177,7 +145,7 @@ def build(config: ml_collections.ConfigDict) -> TrainableModel:
           min_length=config.model.get("eval_caption_min_length", 3),
           method="beam" if num_beams > 1 else "greedy", num_beams=num_beams).sequences
 
-    evaluators["caption"] = caption_evaluator(generate, tokenizer)
+    evaluators["caption"] = model_eval.captioning_evaluator(generate, tokenizer)
   return TrainableModel(init=init, loss_fn=e2e_vlp.loss_fn_for(model), evaluators=evaluators)
 
 
