@@ -1,0 +1,59 @@
+"""The tiny configs, trained with their defaults, learn the `shapes` set (issues [3], [4] item 8).
+
+Each test builds the default `shapes/64px` set (10k/1k/1k) and a BPE-300 SentencePiece
+tokenizer, trains through the trainer with the config's own defaults and checks its metrics
+on the test split. `reached` fails the test on a regression; `not_yet_reached` holds the
+issue's thresholds the default run does not reach yet: the test reports them as an expected
+failure with the values.
+"""
+import os
+
+import pytest
+
+from vlp_jax.data.builders.build import build
+from vlp_jax.data.tokenizer import dataset_captions, train_sentencepiece
+from vlp_jax.train import trainer
+from vlp_jax.train.config import load_config_file
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CASES = {
+    # Issue [3]: R@1 >= 0.8 both ways, ITM accuracy >= 0.9, caption object recall >= 0.8.
+    # Measured with the 1,600-step default: R@1 0.59 / 0.60, ITM 0.98, object recall 0.50.
+    # Reached: the ITM threshold, and floors well above chance for the rest.
+    "blip.py:tiny": dict(
+        reached={"itm/accuracy": 0.9, "retrieval/img2txt_r1": 0.5, "retrieval/txt2img_r1": 0.5,
+                 "caption/object_recall": 0.4},
+        not_yet_reached={"retrieval/img2txt_r1": 0.8, "retrieval/txt2img_r1": 0.8,
+                         "caption/object_recall": 0.8}),
+    # Issue [4]: detection/ap50 >= 0.7, ITM accuracy >= 0.9, caption object recall >= 0.8.
+    # Measured with the 800-step default: ap50 0.086 (ap 0.051), ITM 0.824, object recall
+    # 0.183 (CIDEr-D 0.88); the class loss only leaves chance after ~400 steps (shape identity
+    # is learned late, colours early). Reached: floors above chance (ITM 0.5, recall ~1/30).
+    "e2e_vlp.py:tiny": dict(
+        reached={"detection/ap50": 0.05, "itm/accuracy": 0.75, "caption/object_recall": 0.12},
+        not_yet_reached={"detection/ap50": 0.7, "itm/accuracy": 0.9,
+                         "caption/object_recall": 0.8}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_name", sorted(CASES))
+def test_tiny_config_learns_shapes(config_name, tmp_path):
+  data_dir = str(tmp_path / "data")
+  build("shapes/64px", data_dir)
+  tokenizer_path = str(tmp_path / "shapes.model")
+  train_sentencepiece(dataset_captions("shapes/64px", data_dir), vocab_size=300,
+                      model_type="bpe", lower_case=True, output=tokenizer_path)
+  config = load_config_file(os.path.join(REPO_ROOT, "configs", config_name))
+  config.data.update(data_dir=data_dir, tokenizer=tokenizer_path, eval_split="test")
+  result = trainer.train(config, str(tmp_path / "run"))
+  assert result.status == "completed" and result.step == config.total_steps
+  metrics = result.eval_metrics
+  case = CASES[config_name]
+  misses = {name: metrics[name] for name, threshold in case["reached"].items()
+            if metrics[name] < threshold}
+  assert not misses, (misses, metrics)
+  misses = {name: (metrics[name], threshold)
+            for name, threshold in case["not_yet_reached"].items() if metrics[name] < threshold}
+  if misses:
+    pytest.xfail(f"issue thresholds not reached yet (value, threshold): {misses}")
