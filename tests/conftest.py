@@ -32,3 +32,15 @@ def shapes_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
   tfds.builder("shapes", config="64px", data_dir=data_dir, **SHAPES_FIXTURE_SIZES).download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def shapes_tokenizer(shapes_data_dir: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+  """A 200-piece SentencePiece model trained on the `shapes_data_dir` captions, once per
+  session. Returns its path."""
+  from vlp_jax.data.tokenizer import dataset_captions, train_sentencepiece
+
+  path = str(tmp_path_factory.mktemp("tokenizer") / "shapes.model")
+  captions = dataset_captions("shapes/64px_train256_validation64_test64", shapes_data_dir)
+  train_sentencepiece(captions, vocab_size=200, output=path)
+  return path

@@ -12,7 +12,6 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from vlp_jax import pipelines
-from vlp_jax.data.tokenizer import dataset_captions, train_sentencepiece
 from vlp_jax.models import e2e_vlp, e2e_vlp_family
 from vlp_jax.train import checkpoint, trainer
 from vlp_jax.train.config import load_config_file
@@ -22,14 +21,11 @@ REPO_ROOT = os.path.abspath(os.path.dirname(os.path.dirname(__file__)))
 
 
 @pytest.fixture(scope="module")
-def run_dir(shapes_data_dir, tmp_path_factory):
+def run_dir(shapes_data_dir, shapes_tokenizer, tmp_path_factory):
   """A shrunk `configs/e2e_vlp.py:tiny` trained for a few steps with scanned layers."""
   workdir = tmp_path_factory.mktemp("e2e_vlp_run")
-  tokenizer_path = str(workdir / "shapes.model")
-  train_sentencepiece(dataset_captions(SHAPES, shapes_data_dir), vocab_size=200,
-                      output=tokenizer_path)
   config = load_config_file(os.path.join(REPO_ROOT, "configs", "e2e_vlp.py:tiny"))
-  config.data.update(name=SHAPES, data_dir=shapes_data_dir, tokenizer=tokenizer_path,
+  config.data.update(name=SHAPES, data_dir=shapes_data_dir, tokenizer=shapes_tokenizer,
                      shuffle_buffer=64, max_text_length=16)
   config.model.update(width=32, heads=2, mlp_dim=64, encoder_layers=1, decoder_layers=2,
                       resnet_stage_widths=(8, 16, 32), resnet_stem_width=8, max_text_length=16,

@@ -4,7 +4,6 @@ import os
 import numpy as np
 import pytest
 
-from vlp_jax.data.tokenizer import dataset_captions, train_sentencepiece
 from vlp_jax.train import trainer
 from vlp_jax.train.config import load_config_file
 
@@ -13,12 +12,10 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 @pytest.mark.slow
-def test_tiny_blip_trains_and_evaluates_on_shapes(shapes_data_dir, tmp_path):
-  tokenizer_path = str(tmp_path / "shapes.model")
-  train_sentencepiece(dataset_captions(SHAPES, shapes_data_dir), vocab_size=200,
-                      output=tokenizer_path)
+def test_tiny_blip_trains_and_evaluates_on_shapes(shapes_data_dir, shapes_tokenizer,
+                                                  tmp_path):
   config = load_config_file(os.path.join(REPO_ROOT, "configs", "blip.py:tiny"))
-  config.data.update(name=SHAPES, data_dir=shapes_data_dir, tokenizer=tokenizer_path,
+  config.data.update(name=SHAPES, data_dir=shapes_data_dir, tokenizer=shapes_tokenizer,
                      shuffle_buffer=64, max_text_length=16)
   config.model.update(vision_layers=1, text_layers=1, max_text_length=16, queue_size=32,
                       eval_rerank_k=4, eval_itm_batch_size=32, eval_caption_max_length=10)
