@@ -113,9 +113,12 @@ class HeadProjection(nn.Module):
 
     kernel = self.param("kernel", nn.with_logical_partitioning(init_kernel, self.axis_names),
                         in_shape + self.out_shape, self.param_dtype)
-    contracted = tuple(range(x.ndim - self.num_contracted, x.ndim))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            ((contracted, tuple(range(self.num_contracted))), ((), ())))
+    # One 2-D GEMM [N, K] x [K, F]: with the leading axes merged, the weight gradient is a
+    # plain transposed GEMM too (3-D operands made XLA CPU copy the output gradient first).
+    leading = x.shape[:x.ndim - self.num_contracted]
+    y = jnp.dot(x.reshape(-1, flat_shape[0]).astype(self.dtype),
+                kernel.reshape(flat_shape).astype(self.dtype))
+    y = y.reshape(leading + self.out_shape)
     if self.use_bias:
       bias_names = self.axis_names[self.num_contracted:]
       bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, bias_names),

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlp_jax.layers.attention import HeadProjection
 from vlp_jax.layers.common import (BATCH_LENGTH_EMBED, BATCH_LENGTH_MLP, Array, Dtype,
                                    Initializer, default_bias_init, default_kernel_init)
 
@@ -56,18 +57,15 @@ class MLP(nn.Module):
   def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
     """x: [B, T, D] (any leading axes) -> [B, T, out_features or D]."""
     out_features = self.out_features or x.shape[-1]
-    h = nn.Dense(
-        self.hidden_dim, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "mlp")),
-        bias_init=nn.with_logical_partitioning(self.bias_init, ("mlp",)), name="fc1")(x)
+    dense = functools.partial(HeadProjection, num_contracted=1, use_bias=self.use_bias,
+                              dtype=self.dtype, param_dtype=self.param_dtype,
+                              kernel_init=self.kernel_init, bias_init=self.bias_init)
+    h = dense((self.hidden_dim,), axis_names=("embed", "mlp"), name="fc1")(x)
     if h.ndim == 3:
       h = nn.with_logical_constraint(h, BATCH_LENGTH_MLP)
     h = activation_fn(self.activation)(h)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    y = nn.Dense(
-        out_features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", "embed")),
-        bias_init=nn.with_logical_partitioning(self.bias_init, ("embed",)), name="fc2")(h)
+    y = dense((out_features,), axis_names=("mlp", "embed"), name="fc2")(h)
     if y.ndim == 3:
       y = nn.with_logical_constraint(y, BATCH_LENGTH_EMBED)
     return y
