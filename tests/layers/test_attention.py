@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlp_jax.layers import MultiHeadAttention, attention_with_dropout, create_decode_cache
+from vlp_jax.layers import MultiHeadAttention, create_decode_cache, dot_product_attention
 
 B, T, S, D, DM, H = 2, 6, 5, 16, 24, 4
 
@@ -121,16 +121,19 @@ def test_causal_attention_never_looks_ahead():
   assert np.any(grads[:, :t + 1] != 0.0)
 
 
-def test_dropout_core_matches_jax_attention_without_dropout():
+def test_attention_core_matches_jax_attention_values_and_gradients():
   q, k, v = _normal(4, B, T, H, 8), _normal(5, B, S, H, 8), _normal(6, B, S, H, 8)
   mask = np.random.default_rng(7).random((B, 1, T, S)) < 0.7
   mask[..., 0] = True
+  weights = _normal(8, B, T, H, 8)
   for causal in (False, True):
-    expected = jax.jit(functools.partial(jax.nn.dot_product_attention, is_causal=causal))(
-        q, k, v, mask=mask)
-    out = jax.jit(functools.partial(attention_with_dropout, causal=causal, dropout_rate=0.0))(
-        q, k, v, mask, dropout_rng=jax.random.key(0))
-    np.testing.assert_allclose(out, expected, atol=1e-5)
+    reference = functools.partial(jax.nn.dot_product_attention, mask=mask, is_causal=causal)
+    ours = functools.partial(dot_product_attention, mask=mask, causal=causal)
+    np.testing.assert_allclose(jax.jit(ours)(q, k, v), jax.jit(reference)(q, k, v), atol=1e-5)
+    for got, expected in zip(
+        jax.grad(lambda *qkv: jnp.sum(ours(*qkv) * weights), argnums=(0, 1, 2))(q, k, v),
+        jax.grad(lambda *qkv: jnp.sum(reference(*qkv) * weights), argnums=(0, 1, 2))(q, k, v)):
+      np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_attention_dropout_is_active_only_when_not_deterministic():

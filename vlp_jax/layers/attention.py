@@ -1,7 +1,7 @@
 """Multi-head attention for self, cross and causal attention, with masks and a KV cache.
 
-Layout: activations stay in [B, T, H, Dh] from the projections through the attention core
-(`jax.nn.dot_product_attention`), so no transposes are needed. Masks are boolean, True =
+Layout: activations are [B, T, H, Dh] from the projections to the output projection; the
+core (`dot_product_attention`) works in [B, H, T, Dh]. Masks are boolean, True =
 attend. Logits and softmax run in float32 whatever the compute `dtype` is.
 
 Parameters (HF PyTorch `Linear` weight W [D_out, D_in] converts as shown):
@@ -49,33 +49,39 @@ def combine_masks(key_padding_mask: Array | None = None,
   return result
 
 
-def attention_with_dropout(query: Array, key: Array, value: Array, mask: Array | None,
-                           *, causal: bool, dropout_rate: float,
-                           dropout_rng: jax.Array) -> Array:
-  """Scaled dot-product attention with dropout on the probabilities.
+def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None,
+                          *, causal: bool = False, dropout_rate: float = 0.0,
+                          dropout_rng: jax.Array | None = None) -> Array:
+  """Scaled dot-product attention, optionally with dropout on the probabilities.
 
-  Same numerics as `jax.nn.dot_product_attention` (float32 logits and softmax, masked
-  logits set to a large negative number, so fully masked rows stay finite).
+  The numerics of `jax.nn.dot_product_attention` (float32 logits and softmax, masked logits
+  set to a large negative number, so fully masked rows stay finite). The core runs in
+  [B, H, T, Dh]: one transpose of q/k/v/output each (small next to the [B, H, Tq, Tk]
+  probabilities) and plain batched GEMMs; `jax.nn.dot_product_attention` copied the
+  probabilities and their gradient several times per layer on XLA CPU.
 
   Args:
     query: [B, Tq, H, Dh]; key, value: [B, Tk, H, Dh].
     mask: bool broadcastable to [B, H, Tq, Tk] or None.
+    dropout_rate, dropout_rng: dropout on the probabilities (the rng only when rate > 0).
   Returns:
     [B, Tq, H, Dh] in `value.dtype`.
   """
-  scale = query.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-  logits = logits * scale
+  query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
+  query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
+  logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
   if causal:
-    causal_mask = jnp.tril(jnp.ones((query.shape[1], key.shape[1]), bool))
+    causal_mask = jnp.tril(jnp.ones((query.shape[2], key.shape[2]), bool))
     mask = causal_mask if mask is None else jnp.logical_and(mask, causal_mask)
   if mask is not None:
     large_negative = -0.7 * jnp.finfo(jnp.float32).max
     logits = jnp.where(mask, logits, large_negative)
   probs = jax.nn.softmax(logits, axis=-1)
-  keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-  probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+  if dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+  context = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(value.dtype), value)
+  return jnp.swapaxes(context, 1, 2)
 
 
 class HeadProjection(nn.Module):
@@ -213,13 +219,10 @@ class MultiHeadAttention(nn.Module):
         causal = True
     attention_mask = combine_masks(key_padding_mask, mask)
 
-    if self.dropout_rate > 0.0 and not deterministic:
-      context = attention_with_dropout(
-          query, key, value, attention_mask, causal=causal, dropout_rate=self.dropout_rate,
-          dropout_rng=self.make_rng("dropout"))
-    else:
-      context = jax.nn.dot_product_attention(query, key, value, mask=attention_mask,
-                                             is_causal=causal)
+    dropout_rate = 0.0 if deterministic else self.dropout_rate
+    context = dot_product_attention(
+        query, key, value, attention_mask, causal=causal, dropout_rate=dropout_rate,
+        dropout_rng=self.make_rng("dropout") if dropout_rate > 0.0 else None)
     context = nn.with_logical_constraint(context, BATCH_LENGTH_HEADS_KV)
 
     out = HeadProjection(
