@@ -44,3 +44,40 @@ def shapes_tokenizer(shapes_data_dir: str, tmp_path_factory: pytest.TempPathFact
   captions = dataset_captions("shapes/64px_train256_validation64_test64", shapes_data_dir)
   train_sentencepiece(captions, vocab_size=200, output=path)
   return path
+
+
+@pytest.fixture(scope="session")
+def random_blip_run():
+  """Factory: `make(workdir, vocab, noise, **model_fields)` writes a BLIP `tiny` run there
+  (WordPiece `vocab`, the model fields overridden) whose params are random plus `noise` x
+  N(0, 1) on every weight (zero biases and LayerNorms too), saved as step 1. Returns workdir."""
+
+  def make(workdir: str, vocab: list[str], noise: float, **model_fields) -> str:
+    import numpy as np
+    from flax import linen as nn
+
+    from vlp_jax.models import blip_family
+    from vlp_jax.train import checkpoint
+    from vlp_jax.train.config import run_config
+    from vlp_jax.train.state import TrainState
+
+    vocab_path = os.path.join(workdir, "vocab.txt")
+    with open(vocab_path, "w", encoding="utf-8") as stream:
+      stream.write("".join(token + "\n" for token in vocab))
+    config = run_config("blip", "tiny")
+    config.model.update(**model_fields)
+    config.data.update(tokenizer=vocab_path, max_text_length=config.model.max_text_length)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as stream:
+      stream.write(config.to_json_best_effort(indent=2))
+    init = jax.jit(lambda rng: nn.meta.unbox(blip_family.build(config).init(rng)))
+    params, extra_state = jax.device_get(init(jax.random.key(0)))
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda x: (x + noise * rng.normal(size=x.shape)).astype(np.float32),
+                          params)
+    saver = checkpoint.Checkpointer(workdir, async_save=False)
+    saver.save(1, TrainState(step=jax.numpy.int32(1), params=params,
+                             opt_state={"count": jax.numpy.zeros(())}, extra_state=extra_state))
+    saver.close()
+    return workdir
+
+  return make

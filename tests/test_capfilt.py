@@ -2,19 +2,13 @@
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from flax import linen as nn
 
 from vlp_jax import capfilt, pipelines
 from vlp_jax.data.pipeline import make_pipeline
 from vlp_jax.models import blip_family
-from vlp_jax.train import checkpoint
-from vlp_jax.train.config import run_config
-from vlp_jax.train.state import TrainState
 
 DATASET = "shapes/64px_train16_validation8_test8"
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "red", "blue", "green",
@@ -32,29 +26,13 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  """A tiny BLIP run (WordPiece vocab) with random, perturbed params saved as step 1."""
-  workdir = str(tmp_path_factory.mktemp("run"))
-  vocab_path = os.path.join(workdir, "vocab.txt")
-  with open(vocab_path, "w", encoding="utf-8") as stream:
-    stream.write("".join(token + "\n" for token in VOCAB))
-  config = run_config("blip", "tiny")
-  config.model.update(image_size=32, patch_size=8, vision_width=16, vision_layers=1,
-                      vision_mlp_dim=32, text_width=16, text_layers=1, text_mlp_dim=32,
-                      max_text_length=16, embed_dim=8, queue_size=16)
-  config.data.update(tokenizer=vocab_path, max_text_length=16)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as stream:
-    stream.write(config.to_json_best_effort(indent=2))
-  init = jax.jit(lambda rng: nn.meta.unbox(blip_family.build(config).init(rng)))
-  params, extra_state = jax.device_get(init(jax.random.key(0)))
-  rng = np.random.default_rng(1)  # spread the ITM probabilities
-  params = jax.tree.map(lambda x: (x + 0.5 * rng.normal(size=x.shape)).astype(np.float32),
-                        params)
-  saver = checkpoint.Checkpointer(workdir, async_save=False)
-  saver.save(1, TrainState(step=jnp.int32(1), params=params, opt_state={"count": jnp.zeros(())},
-                           extra_state=extra_state))
-  saver.close()
-  return workdir
+def run_dir(tmp_path_factory, random_blip_run):
+  """A tiny BLIP run (WordPiece vocab), random params perturbed by 0.5 N(0, 1) (spreads the
+  ITM probabilities)."""
+  return random_blip_run(
+      str(tmp_path_factory.mktemp("run")), VOCAB, 0.5, image_size=32, patch_size=8,
+      vision_width=16, vision_layers=1, vision_mlp_dim=32, text_width=16, text_layers=1,
+      text_mlp_dim=32, max_text_length=16, embed_dim=8, queue_size=16)
 
 
 @pytest.fixture(scope="module")

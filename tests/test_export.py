@@ -3,18 +3,14 @@ gives the outputs of `vlp_jax.pipelines.load(RUN)`."""
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-from flax import linen as nn
 
 from vlp_jax import export, pipelines
 from vlp_jax.convert import params_io
 from vlp_jax.train import checkpoint
-from vlp_jax.train.config import run_config
-from vlp_jax.train.state import TrainState
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "picture", "of", "red",
          "blue", "green", "circle", "square", "triangle", "on", "left", "right", "big",
@@ -25,30 +21,12 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  """A tiny BLIP run (WordPiece vocab) whose params are random and perturbed, saved as step 1."""
-  workdir = str(tmp_path_factory.mktemp("run"))
-  vocab_path = os.path.join(workdir, "vocab.txt")
-  with open(vocab_path, "w", encoding="utf-8") as stream:
-    stream.write("".join(token + "\n" for token in VOCAB))
-  config = run_config("blip", "tiny")
-  config.model.update(image_size=SIZE, patch_size=8, vision_width=32, vision_mlp_dim=48,
-                      text_width=24, text_mlp_dim=40, max_text_length=16, embed_dim=8,
-                      queue_size=16)
-  config.data.update(tokenizer=vocab_path, max_text_length=16)
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as stream:
-    stream.write(config.to_json_best_effort(indent=2))
-  from vlp_jax.models import blip_family
-  init = jax.jit(lambda rng: nn.meta.unbox(blip_family.build(config).init(rng)))
-  params, extra_state = jax.device_get(init(jax.random.key(0)))
-  rng = np.random.default_rng(1)  # perturb every weight (zero biases, LayerNorms too)
-  params = jax.tree.map(lambda x: (x + 0.2 * rng.normal(size=x.shape)).astype(np.float32),
-                        params)
-  saver = checkpoint.Checkpointer(workdir, async_save=False)
-  saver.save(1, TrainState(step=jnp.int32(1), params=params, opt_state={"count": jnp.zeros(())},
-                           extra_state=extra_state))
-  saver.close()
-  return workdir
+def run_dir(tmp_path_factory, random_blip_run):
+  """A tiny BLIP run (WordPiece vocab), random params perturbed by 0.2 N(0, 1)."""
+  return random_blip_run(
+      str(tmp_path_factory.mktemp("run")), VOCAB, 0.2, image_size=SIZE, patch_size=8,
+      vision_width=32, vision_mlp_dim=48, text_width=24, text_mlp_dim=40, max_text_length=16,
+      embed_dim=8, queue_size=16)
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "msgpack"])
