@@ -18,11 +18,11 @@ from vlp_jax.train.config import load_config_file
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CASES = {
     # Issue [3]: R@1 >= 0.8 both ways, ITM accuracy >= 0.9, caption object recall >= 0.8.
-    # Measured with the 1,600-step default: R@1 0.59 / 0.60, ITM 0.98, object recall 0.50.
-    # Reached: the ITM threshold, and floors well above chance for the rest.
+    # Measured with the default (3 text layers, 2,400 steps): R@1 0.78 / 0.83, ITM 0.996,
+    # object recall 0.76. Reached: ITM, txt2img R@1, and floors for the rest.
     "blip.py:tiny": dict(
-        reached={"itm/accuracy": 0.9, "retrieval/img2txt_r1": 0.5, "retrieval/txt2img_r1": 0.5,
-                 "caption/object_recall": 0.4},
+        reached={"itm/accuracy": 0.9, "retrieval/img2txt_r1": 0.7, "retrieval/txt2img_r1": 0.75,
+                 "caption/object_recall": 0.65},
         not_yet_reached={"retrieval/img2txt_r1": 0.8, "retrieval/txt2img_r1": 0.8,
                          "caption/object_recall": 0.8}),
     # Issue [4]: detection/ap50 >= 0.7, ITM accuracy >= 0.9, caption object recall >= 0.8.

@@ -41,12 +41,13 @@ from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
 # txt2img, ITM accuracy, caption object recall): this 0.62 / 0.63, 0.99, 0.32; width 64
 # 0.52 / 0.53, 0.98, 0.19; 8 px patches (64 tokens) and learned positions from 0.02 noise at
 # width 64: 0.32 / 0.32, 0.94, 0.17, its captions naming the right colours but neither shapes
-# nor places. Text long enough for the objects of 4-object captions (a word-level tokenizer
-# gives 44 tokens median, 58 p95; the objects come first, a truncated tail loses a relation).
+# nor places. Three text layers (2,400 steps): see configs/blip.py. Text long enough for
+# the objects of 4-object captions (a word-level tokenizer gives 44 tokens median, 58 p95;
+# the objects come first, a truncated tail loses a relation).
 _TINY = dict(
     image_size=63, patch_size=21, vision_position_init="sincos2d", vision_width=128,
     vision_layers=2, vision_heads=4, vision_mlp_dim=256, vision_layer_norm_epsilon=1e-6,
-    vocab_size=1000, text_width=128, text_layers=2, text_heads=4, text_mlp_dim=256,
+    vocab_size=1000, text_width=128, text_layers=3, text_heads=4, text_mlp_dim=256,
     max_text_length=48, embed_dim=32, queue_size=1024, alpha_ramp_steps=400)
 _BASE = dict(image_size=224, text_dropout_rate=0.1, vocab_size=30524, queue_size=57600)
 _VARIANTS = {"tiny": _TINY, "base": _BASE}
