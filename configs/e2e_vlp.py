@@ -4,8 +4,9 @@
       --config.data.data_dir=data --config.data.tokenizer=<path to the shapes SentencePiece model>
   python -m vlp_jax.train --config=configs/e2e_vlp.py:base --workdir=<dir> \
       --config.data.data_dir=<dir> --config.data.tokenizer=<BERT vocab.txt with [DEC] added>
-Variants: tiny (64 px shapes, 8x8 grid, width 128, 3+3 layers, 10 queries, 48-token text;
-800 steps of 32 at lr 1e-3: about 10 CPU minutes),
+Variants: tiny (shapes at 72 px, a 3x3 grid of stride 24: one token per scene cell, width 128,
+3+3 layers, 9 queries, 48-token text; 1,400 steps of 32 at lr 1e-3: about 9.5 CPU minutes with
+the evaluation; `tests/models/test_learning.py` checks what it learns),
 base (ResNet-50 with frozen BN, width 256, 6+6 layers, 100 queries, 448 px; AdamW 1e-4 with
 the backbone at 0.1x, weight decay 1e-4, clipping 0.1 as DETR).
 The vocabulary size and special ids come from `data.tokenizer`.
@@ -26,11 +27,11 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   config.optimizer.grad_clip_norm = 0.1
   if variant == "tiny":
     # Sized for about 10 minutes of a 2-core CPU, evaluation included (one at the end).
-    config.total_steps = 800
+    config.total_steps = 1400
     config.global_batch_size = 32
     config.eval_batch_size = 250
     config.log_every_steps = 50
-    config.checkpoint_every_steps = 800
+    config.checkpoint_every_steps = 1400
     config.eval_every_steps = 0
     config.optimizer.learning_rate = 1e-3
     config.optimizer.warmup_steps = 50

@@ -28,7 +28,7 @@ def run_dir(shapes_data_dir, shapes_tokenizer, tmp_path_factory):
   config.data.update(name=SHAPES, data_dir=shapes_data_dir, tokenizer=shapes_tokenizer,
                      shuffle_buffer=64, max_text_length=16)
   config.model.update(width=32, heads=2, mlp_dim=64, encoder_layers=1, decoder_layers=2,
-                      resnet_stage_widths=(8, 16, 32), resnet_stem_width=8, max_text_length=16,
+                      resnet_stage_widths=(8, 16, 32, 32), resnet_stem_width=8, max_text_length=16,
                       num_queries=5, eval_caption_max_length=8)
   config.update(total_steps=8, global_batch_size=16, log_every_steps=8, checkpoint_every_steps=8,
                 eval_every_steps=0, scan_layers=True)
@@ -74,7 +74,7 @@ def test_detect_gives_input_pixel_boxes_like_the_trained_model(run_dir, pipe, im
   expected = e2e_vlp.detect(model, params, pipe.preprocess(images))
   for image, (boxes, labels, scores), (want_boxes, want_labels, want_scores) in zip(
       images, results, expected):
-    scale = np.asarray(image.shape[:2], np.float32) / 64
+    scale = np.asarray(image.shape[:2], np.float32) / pipe.config.image_size
     np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(labels, want_labels)
     np.testing.assert_allclose(boxes, want_boxes * np.tile(scale[::-1], 2), rtol=1e-4, atol=1e-3)

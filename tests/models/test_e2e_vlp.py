@@ -171,7 +171,7 @@ def test_attribute_loss_counts_matched_known_targets_only():
   np.testing.assert_allclose(loss, -np.log(0.8), rtol=1e-6)
 
 
-@pytest.mark.parametrize("variant,grid,queries", [("tiny", 8, 10), ("base", 14, 100)])
+@pytest.mark.parametrize("variant,grid,queries", [("tiny", 3, 9), ("base", 14, 100)])
 def test_family_configs(variant, grid, queries):
   config = get_family("e2e_vlp").default_config(variant)
   model_config = e2e_vlp.E2EVLPConfig(**{

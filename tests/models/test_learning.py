@@ -26,13 +26,12 @@ CASES = {
         not_yet_reached={"retrieval/img2txt_r1": 0.8, "retrieval/txt2img_r1": 0.8,
                          "caption/object_recall": 0.8}),
     # Issue [4]: detection/ap50 >= 0.7, ITM accuracy >= 0.9, caption object recall >= 0.8.
-    # Measured with the 800-step default: ap50 0.086 (ap 0.051), ITM 0.824, object recall
-    # 0.183 (CIDEr-D 0.88); the class loss only leaves chance after ~400 steps (shape identity
-    # is learned late, colours early). Reached: floors above chance (ITM 0.5, recall ~1/30).
+    # Measured with the default (3x3 grid, 1,400 steps): ap50 0.749 (AP 0.561), ITM 0.826,
+    # object recall 0.297 (the 8x8 grid of 800 steps: 0.086, 0.824, 0.183). Reached: ap50, and
+    # floors for the rest.
     "e2e_vlp.py:tiny": dict(
-        reached={"detection/ap50": 0.05, "itm/accuracy": 0.75, "caption/object_recall": 0.12},
-        not_yet_reached={"detection/ap50": 0.7, "itm/accuracy": 0.9,
-                         "caption/object_recall": 0.8}),
+        reached={"detection/ap50": 0.7, "itm/accuracy": 0.75, "caption/object_recall": 0.25},
+        not_yet_reached={"itm/accuracy": 0.9, "caption/object_recall": 0.8}),
 }
 
 
