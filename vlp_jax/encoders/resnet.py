@@ -6,7 +6,7 @@ tokens row-major over the last stage's map, after a 1x1 conv from its channels t
 Architectures (`resnet_spec`): ResNet-50/101/152 (bottleneck blocks, expansion 4, stages of
 (3,4,6,3) / (3,4,23,3) / (3,8,36,3) blocks, widths 64..512, a 7x7/2 stem and a 3x3/2 max pool,
 stride 32, C5 = 2048 channels), or any basic-block ResNet given its stage depths, widths
-and strides (the tiny configs: a 3x3/2 stem without pool, stride 8 or 16).
+and strides (the tiny configs: a 3x3/2 stem without pool; `e2e_vlp.py:tiny`: stride 24).
 
 Normalisation (`norm`):
 - "group": GroupNorm (32 groups or fewer), trainable, batch-independent: no batch statistics
