@@ -28,7 +28,7 @@ def run_dir(shapes_data_dir, shapes_tokenizer, tmp_path_factory):
   config.data.update(name=SHAPES, data_dir=shapes_data_dir, tokenizer=shapes_tokenizer,
                      shuffle_buffer=64, max_text_length=16)
   config.model.update(width=32, heads=2, mlp_dim=64, encoder_layers=1, decoder_layers=2,
-                      resnet_stage_widths=(8, 16, 32, 32), resnet_stem_width=8, max_text_length=16,
+                      resnet_stage_widths=(8, 16, 32), resnet_stem_width=8, max_text_length=16,
                       num_queries=5, eval_caption_max_length=8)
   config.update(total_steps=8, global_batch_size=16, log_every_steps=8, checkpoint_every_steps=8,
                 eval_every_steps=0, scan_layers=True)

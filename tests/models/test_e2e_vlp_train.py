@@ -18,7 +18,7 @@ def test_tiny_e2e_vlp_trains_and_evaluates_on_shapes(shapes_data_dir, shapes_tok
   config.data.update(name=SHAPES, data_dir=shapes_data_dir, tokenizer=shapes_tokenizer,
                      shuffle_buffer=64, max_text_length=16)
   config.model.update(width=32, heads=2, mlp_dim=64, encoder_layers=1, decoder_layers=2,
-                      resnet_stage_widths=(8, 16, 32, 32), resnet_stem_width=8, max_text_length=16,
+                      resnet_stage_widths=(8, 16, 32), resnet_stem_width=8, max_text_length=16,
                       eval_caption_max_length=8)
   config.update(total_steps=3, global_batch_size=16, eval_batch_size=32, log_every_steps=1,
                 checkpoint_every_steps=3, eval_every_steps=0)
