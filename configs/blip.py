@@ -36,7 +36,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # of 0.32 after 1,600 steps, retrieval R@1 0.59 / 0.60 instead of 0.62 / 0.63. Longer
     # training and a third text layer bind shapes and places (test split, R@1 img2txt /
     # txt2img, ITM accuracy, object recall): 2 text layers, 3,000 steps: 0.70 / 0.72, 0.99,
-    # 0.83; 3 text layers, 2,400 steps (this default): 0.78 / 0.83, 1.00, 0.76.
+    # 0.83; 3 text layers, 2,400 steps (this default): 0.78 / 0.83, 1.00, 0.76 with ITM
+    # re-ranking the top 8 by ITC, 0.85 / 0.85 with the top 32 (the eval default).
     config.model.lm_weight = 2.0
     config.total_steps = 2400
     config.global_batch_size = 32
