@@ -21,7 +21,7 @@ venv: $(VENV)/.installed
 venv-test: $(VENV)/.installed-test
 
 demo: venv
-	$(PY) -m vlp_jax.demo --data_dir data --workdir runs/demo
+	$(PY) -m vlp_jax.demo --data_dir data --workdir runs/demo --total_steps 1200
 
 test: venv-test
 	$(PY) -m pytest -q -rxX --durations=25 $(PYTEST_ARGS)

@@ -42,7 +42,7 @@ from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
 # txt2img, ITM accuracy, caption object recall): this 0.62 / 0.63, 0.99, 0.32; width 64
 # 0.52 / 0.53, 0.98, 0.19; 8 px patches (64 tokens) and learned positions from 0.02 noise at
 # width 64: 0.32 / 0.32, 0.94, 0.17, its captions naming the right colours but neither shapes
-# nor places. Three text layers (2,400 steps): see configs/blip.py. Text long enough for
+# nor places. Three text layers (3,000 steps): see configs/blip.py. Text long enough for
 # the objects of 4-object captions (a word-level tokenizer gives 44 tokens median, 58 p95;
 # the objects come first, a truncated tail loses a relation).
 _TINY = dict(
