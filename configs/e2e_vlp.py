@@ -35,6 +35,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # 48% right, circles and diamonds mostly named square, triangle or star). Caption weight
     # 2: 0.68, 0.95, 0.42; captioning alone (the other weights 0): recall 0.27, so the shared
     # decoder's detection training helps the captions rather than holding them back.
+    # 3,000 steps (about 15 minutes): 0.882, 0.957, 0.761.
     config.total_steps = 1900
     config.global_batch_size = 32
     config.eval_batch_size = 250
