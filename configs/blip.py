@@ -9,8 +9,8 @@
       --config.data.tokenizer=<BERT vocab.txt with [ENC]/[DEC] added>
 Variants: tiny (64 px shapes at 63 px, 21 px patches = one per scene-grid cell, 2 vision + 3
 text layers of width 128, 3,000 steps of 32: about 15 minutes of 2 CPU cores;
-`tests/models/test_learning.py` checks what it learns), base (ViT-B/16 + BERT-base, 224 px, batch 2,880, queue 57,600, AdamW 3e-4 with wd
-0.05, 20 epochs of 14M pairs).
+`tests/models/test_learning.py` checks what it learns), base (ViT-B/16 + BERT-base, 224 px,
+batch 2,880, queue 57,600, AdamW 3e-4 with wd 0.05, 20 epochs of 14M pairs).
 The vocabulary size and special ids come from `data.tokenizer`.
 """
 import ml_collections
