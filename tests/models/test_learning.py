@@ -25,11 +25,11 @@ CASES = {
                  "caption/object_recall": 0.8},
         not_yet_reached={}),
     # Issue [4]: detection/ap50 >= 0.7, ITM accuracy >= 0.9, caption object recall >= 0.8.
-    # Measured with the default (3x3 grid, 1,900 steps): ap50 0.828 (AP 0.657), ITM 0.964, object
-    # recall 0.426 (the 8x8 grid of 800 steps: 0.086, 0.824, 0.183). Reached: ap50, ITM, and a
-    # floor for recall.
+    # Measured with the default (4,000 steps of 16, caption weight 2): ap50 0.871 (AP 0.739), ITM
+    # 0.943, object recall 0.791 (1,900 steps of 32, weight 1: 0.828, 0.964, 0.426). Reached:
+    # ap50, ITM, and a floor for recall (it moves by a few points between runs).
     "e2e_vlp.py:tiny": dict(
-        reached={"detection/ap50": 0.7, "itm/accuracy": 0.9, "caption/object_recall": 0.35},
+        reached={"detection/ap50": 0.7, "itm/accuracy": 0.9, "caption/object_recall": 0.7},
         not_yet_reached={"caption/object_recall": 0.8}),
 }
 
