@@ -271,3 +271,13 @@ def test_bfloat16_block_keeps_float32_params_and_tracks_float32():
   assert out16.dtype == jnp.bfloat16
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(nn.unbox(variables)))
   np.testing.assert_allclose(np.asarray(out16, np.float32), out32, atol=0.15)
+
+
+def test_erf_gelu_matches_the_exact_gelu_and_its_gradient():
+  from vlp_jax.layers.mlp import erf_gelu
+  x = jnp.linspace(-12.0, 12.0, 4001)
+  np.testing.assert_allclose(erf_gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)
+  grad = jax.vmap(jax.grad(erf_gelu))(x)
+  np.testing.assert_allclose(grad, jax.vmap(jax.grad(functools.partial(
+      jax.nn.gelu, approximate=False)))(x), atol=2e-6)
+  assert erf_gelu(jnp.asarray(1.0, jnp.bfloat16)).dtype == jnp.bfloat16

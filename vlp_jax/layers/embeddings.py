@@ -79,10 +79,42 @@ class TextEmbeddings(nn.Module):
     return self.word_embeddings.attend(hidden)
 
 
+class PatchProjection(nn.Module):
+  """Linear map of flattened patches [B, N, p * p * C] -> [B, N, D] with a conv-shaped kernel.
+
+  The kernel keeps the [p, p, C, D] layout of a stride-p convolution (checkpoints and
+  conversions see a conv), but runs as one GEMM: XLA CPU lowers the strided convolution's
+  kernel gradient to a dilated convolution that is several times slower than the GEMM.
+  """
+  hidden_size: int
+  patch_size: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+  bias_init: Initializer = default_bias_init
+
+  @nn.compact
+  def __call__(self, patches: Array) -> Array:
+    p, features = self.patch_size, self.hidden_size
+    channels = patches.shape[-1] // (p * p)
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        self.kernel_init, ("conv_height", "conv_width", "conv_in", "conv_out")),
+                        (p, p, channels, features), self.param_dtype)
+    x = jnp.dot(patches.astype(self.dtype), kernel.reshape(p * p * channels, features).astype(
+        self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, ("conv_out",)),
+                        (features,), self.param_dtype)
+      x = x + bias.astype(self.dtype)
+    return x
+
+
 class PatchEmbedding(nn.Module):
   """Non-overlapping patches -> linear projection: images [B, H, W, C] -> [B, N, D].
 
-  N = (H // p) * (W // p), patches in row-major order (as a flattened [gh, gw] grid).
+  N = (H // p) * (W // p), patches in row-major order (as a flattened [gh, gw] grid), each
+  flattened as (row, column, channel) to match the [p, p, C, D] kernel.
   """
   hidden_size: int
   patch_size: int
@@ -96,15 +128,12 @@ class PatchEmbedding(nn.Module):
   def __call__(self, images: Array) -> Array:
     """images: [B, H, W, C] with H, W multiples of the patch size -> [B, N, D]."""
     p = self.patch_size
-    if images.shape[1] % p or images.shape[2] % p:
+    batch, height, width, channels = images.shape
+    if height % p or width % p:
       raise ValueError(f"image size {images.shape[1:3]} is not a multiple of patch size {p}")
-    x = nn.Conv(
-        self.hidden_size, kernel_size=(p, p), strides=(p, p), padding="VALID",
-        use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.with_logical_partitioning(
-            self.kernel_init, ("conv_height", "conv_width", "conv_in", "conv_out")),
-        bias_init=nn.with_logical_partitioning(self.bias_init, ("conv_out",)),
-        name="projection")(images)
-    batch, grid_h, grid_w, width = x.shape
-    x = x.reshape(batch, grid_h * grid_w, width)
+    grid_h, grid_w = height // p, width // p
+    patches = images.reshape(batch, grid_h, p, grid_w, p, channels).transpose(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(batch, grid_h * grid_w, p * p * channels)
+    x = PatchProjection(self.hidden_size, p, self.use_bias, self.dtype, self.param_dtype,
+                        self.kernel_init, self.bias_init, name="projection")(patches)
     return nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)

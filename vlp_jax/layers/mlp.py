@@ -17,8 +17,19 @@ from vlp_jax.layers.attention import HeadProjection
 from vlp_jax.layers.common import (BATCH_LENGTH_EMBED, BATCH_LENGTH_MLP, Array, Dtype,
                                    Initializer, default_bias_init, default_kernel_init)
 
+
+
+def erf_gelu(x: Array) -> Array:
+  """Exact GELU, x * Phi(x), written with erf as PyTorch does (HF BERT/ViT `gelu`).
+
+  `jax.nn.gelu(approximate=False)` goes through erfc, which XLA CPU evaluates with an
+  exponential and two branches: that forward was 2.3x slower on [3152, 1536] here.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+
+
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact erf GELU (HF BERT/ViT)
+    "gelu": erf_gelu,
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "relu": jax.nn.relu,
