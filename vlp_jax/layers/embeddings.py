@@ -10,8 +10,10 @@ PatchEmbedding params (HF Conv2d weight W [D, C, p, p] converts as W.transpose(2
   projection/bias [D] (`conv_out`)
 """
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from vlp_jax.layers.attention import HeadProjection
 from vlp_jax.layers.common import (BATCH_LENGTH_EMBED, Array, Dtype, Initializer,
                                    default_bias_init, default_embedding_init,
                                    default_kernel_init, layer_norm)
@@ -79,37 +81,6 @@ class TextEmbeddings(nn.Module):
     return self.word_embeddings.attend(hidden)
 
 
-class PatchProjection(nn.Module):
-  """Linear map of flattened patches [B, N, p * p * C] -> [B, N, D] with a conv-shaped kernel.
-
-  The kernel keeps the [p, p, C, D] layout of a stride-p convolution (checkpoints and
-  conversions see a conv), but runs as one GEMM: XLA CPU lowers the strided convolution's
-  kernel gradient to a dilated convolution that is several times slower than the GEMM.
-  """
-  hidden_size: int
-  patch_size: int
-  use_bias: bool = True
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  kernel_init: Initializer = default_kernel_init
-  bias_init: Initializer = default_bias_init
-
-  @nn.compact
-  def __call__(self, patches: Array) -> Array:
-    p, features = self.patch_size, self.hidden_size
-    channels = patches.shape[-1] // (p * p)
-    kernel = self.param("kernel", nn.with_logical_partitioning(
-        self.kernel_init, ("conv_height", "conv_width", "conv_in", "conv_out")),
-                        (p, p, channels, features), self.param_dtype)
-    x = jnp.dot(patches.astype(self.dtype), kernel.reshape(p * p * channels, features).astype(
-        self.dtype))
-    if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, ("conv_out",)),
-                        (features,), self.param_dtype)
-      x = x + bias.astype(self.dtype)
-    return x
-
-
 class PatchEmbedding(nn.Module):
   """Non-overlapping patches -> linear projection: images [B, H, W, C] -> [B, N, D].
 
@@ -133,7 +104,18 @@ class PatchEmbedding(nn.Module):
       raise ValueError(f"image size {images.shape[1:3]} is not a multiple of patch size {p}")
     grid_h, grid_w = height // p, width // p
     patches = images.reshape(batch, grid_h, p, grid_w, p, channels).transpose(0, 1, 3, 2, 4, 5)
-    patches = patches.reshape(batch, grid_h * grid_w, p * p * channels)
-    x = PatchProjection(self.hidden_size, p, self.use_bias, self.dtype, self.param_dtype,
-                        self.kernel_init, self.bias_init, name="projection")(patches)
+    patches = patches.reshape(batch, grid_h * grid_w, p, p, channels)
+    kernel_shape = (p, p, channels, self.hidden_size)
+
+    def conv_kernel_init(rng: jax.Array, flat_shape: tuple[int, ...], dtype: Dtype) -> Array:
+      # Fans of a [p, p, C, D] conv kernel, as the stride-p convolution this replaces.
+      return self.kernel_init(rng, kernel_shape, dtype).reshape(flat_shape)
+
+    # One GEMM on the conv-shaped kernel: XLA CPU ran the strided convolution's kernel
+    # gradient as a dilated convolution, several times slower than the GEMM.
+    x = HeadProjection((self.hidden_size,), num_contracted=3, axis_names=(
+        "conv_height", "conv_width", "conv_in", "conv_out"), use_bias=self.use_bias,
+                       dtype=self.dtype, param_dtype=self.param_dtype,
+                       kernel_init=conv_kernel_init, bias_init=self.bias_init,
+                       name="projection")(patches)
     return nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)

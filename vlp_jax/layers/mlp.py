@@ -18,7 +18,6 @@ from vlp_jax.layers.common import (BATCH_LENGTH_EMBED, BATCH_LENGTH_MLP, Array, 
                                    Initializer, default_bias_init, default_kernel_init)
 
 
-
 def erf_gelu(x: Array) -> Array:
   """Exact GELU, x * Phi(x), written with erf as PyTorch does (HF BERT/ViT `gelu`).
 
