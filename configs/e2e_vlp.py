@@ -42,7 +42,10 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # classifies them: with this default, teacher-forced shape words are 79% right (35% of
     # diamonds named triangle), detection classifies 92% of the found objects right. A ResNet
     # with a stride-1 first stage (32, 64, 128, 128 wide, 1,400 steps of 32 in the same time):
-    # 0.749, 0.826, 0.297.
+    # 0.749, 0.826, 0.297. Layers (encoder + decoder, 4,000 steps of 16): 3 + 4: 0.879, 0.920,
+    # 0.711; 2 + 4: 0.896, 0.915, 0.539; 4 + 3: 0.851, 0.917, 0.639; 4 + 2: 0.649, 0.920, 0.578.
+    # Captions longer than 48 tokens are not what limits the recall: with 64-token texts the
+    # greedy captions of 4-object scenes still name 0.71 of their objects.
     config.total_steps = 4000
     config.global_batch_size = 16
     config.eval_batch_size = 250
