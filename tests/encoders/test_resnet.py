@@ -68,3 +68,50 @@ def test_unknown_depth_and_norm_are_rejected():
                             stem_width=8)
   with pytest.raises(ValueError):
     resnet.ResNet(spec, norm="batch").init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+
+
+
+
+def _ones_chain_centre(layers, paddings, size: int, row: int) -> float:
+  """Image row on which output row `row` of a chain of 1-channel all-ones convs is centred."""
+  convs = [resnet._conv(1, kernel, stride, jnp.float32, jnp.float32, "conv", padding=padding)
+           for (kernel, stride), padding in zip(layers, paddings)]
+
+  def output_row(image):
+    for conv, (kernel, _) in zip(convs, layers):
+      image = conv.apply({"params": {"kernel": jnp.ones((kernel, kernel, 1, 1))}}, image)
+    return image[0, row].sum()
+
+  weights = np.asarray(jax.grad(output_row)(jnp.zeros((1, size, size, 1)))).sum(axis=(0, 2, 3))
+  return float((weights * np.arange(size)).sum() / weights.sum())
+
+
+@pytest.mark.parametrize("padding", ["symmetric", "centred"])
+def test_centred_padding_centres_the_tokens_of_a_stride_24_resnet_on_their_cells(padding):
+  # The tiny E2E-VLP layout: 72 px, 3x3/2 stem, 3x3 stages with strides 2, 2, 3 -> 3x3 tokens.
+  layers, size = [(3, 2), (3, 2), (3, 2), (3, 3)], 72
+  paddings, offset, scale, length = [], 0.0, 1, size
+  for kernel, stride in layers:
+    pair, offset = resnet.centred_padding(kernel, stride, length, scale, offset)
+    paddings.append((pair, pair))
+    scale, length = scale * stride, length // stride
+  centre = _ones_chain_centre(layers, paddings if padding == "centred" else [None] * 4, size,
+                              row=1)
+  # The middle cell spans pixels 24..47. Symmetric padding shifts its token by half a cell.
+  expected = {"symmetric": 24.0, "centred": 35.5 + offset}[padding]
+  assert centre == pytest.approx(expected)
+  assert abs(offset) <= 1.5
+
+
+def test_centred_padding_keeps_the_resnet_output_shape_and_rejects_unknown_paddings():
+  spec = resnet.resnet_spec(0, stage_blocks=(1, 1, 1), stage_widths=(8, 8, 8),
+                            stage_strides=(2, 2, 3), stem_width=8, padding="centred")
+  images = jnp.asarray(np.random.default_rng(3).normal(size=(1, 72, 72, 3)), jnp.float32)
+  out, _ = resnet.ResNet(spec).init_with_output(jax.random.PRNGKey(0), images)
+  assert out.shape == (1, 3, 3, 8) and np.all(np.isfinite(out))
+  resnet50 = resnet.ResNet(resnet.resnet_spec(50, padding="centred"), norm="frozen_batch")
+  shapes = jax.eval_shape(resnet50.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  out = jax.eval_shape(lambda p: resnet50.apply(p, jnp.zeros((1, 64, 64, 3))), shapes)
+  assert out.shape == (1, 2, 2, 2048)
+  with pytest.raises(ValueError, match="padding"):
+    resnet.resnet_spec(0, padding="same")

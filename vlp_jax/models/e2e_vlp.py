@@ -57,6 +57,7 @@ class E2EVLPConfig:
   resnet_stage_widths: tuple[int, ...] = (32, 64, 128)
   resnet_stage_strides: tuple[int, ...] = (1, 2, 2)
   resnet_stem_width: int = 32
+  resnet_padding: str = "symmetric"    # or "centred" (see encoders.resnet.centred_padding)
   resnet_norm: str = "frozen_batch"
   width: int = 256
   heads: int = 8
@@ -91,7 +92,8 @@ class E2EVLPConfig:
     """The grid encoder's stage layout."""
     return resnet_spec(self.resnet_depth, stage_blocks=self.resnet_stage_blocks,
                        stage_widths=self.resnet_stage_widths,
-                       stage_strides=self.resnet_stage_strides, stem_width=self.resnet_stem_width)
+                       stage_strides=self.resnet_stage_strides, stem_width=self.resnet_stem_width,
+                       padding=self.resnet_padding)
 
 
 def _dense(features: int, axes: tuple[str | None, str | None], name: str, dtype: Dtype,
