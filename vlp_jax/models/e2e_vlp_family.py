@@ -3,7 +3,8 @@
 Variants:
 - `tiny`: synthetic `shapes` resized to 72 px; a basic-block ResNet (stem /2, stages /2 /2 /3:
   stride 24, a 3x3 grid, one image token per cell of the shapes scene grid, as BLIP's tiny
-  21 px patches), width 128, 3 encoder + 3 decoder layers, 9 object queries (scenes hold
+  21 px patches; "centred" padding puts each token on its cell's centre, not its corner),
+  width 128, 3 encoder + 3 decoder layers, 9 object queries (scenes hold
   <= 4 of 5 shape classes, one per cell), 48-token text and captions, no dropout, GroupNorm.
   CPU-friendly. The 8x8 grid this replaced (64 px, stride 8) reached detection AP50 0.09 in
   800 steps: shape classes stayed at chance for ~400 steps.
@@ -38,7 +39,7 @@ from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
 _TINY = dict(
     image_size=72, resnet_depth=0, resnet_stage_blocks=(1, 1, 1),
     resnet_stage_widths=(64, 128, 128), resnet_stage_strides=(2, 2, 3), resnet_stem_width=32,
-    resnet_norm="group", width=128, heads=4, mlp_dim=512, encoder_layers=3, decoder_layers=3,
+    resnet_padding="centred", resnet_norm="group", width=128, heads=4, mlp_dim=512, encoder_layers=3, decoder_layers=3,
     dropout_rate=0.0, vocab_size=1000, max_text_length=48, num_queries=9, num_classes=5,
     num_attributes=6)
 _BASE = dict(image_size=448, resnet_depth=50, resnet_norm="frozen_batch", width=256, heads=8,
