@@ -70,8 +70,6 @@ def test_unknown_depth_and_norm_are_rejected():
     resnet.ResNet(spec, norm="batch").init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
 
 
-
-
 def _ones_chain_centre(layers, paddings, size: int, row: int) -> float:
   """Image row on which output row `row` of a chain of 1-channel all-ones convs is centred."""
   convs = [resnet._conv(1, kernel, stride, jnp.float32, jnp.float32, "conv", padding=padding)
