@@ -39,9 +39,9 @@ from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
 _TINY = dict(
     image_size=72, resnet_depth=0, resnet_stage_blocks=(1, 1, 1),
     resnet_stage_widths=(64, 128, 128), resnet_stage_strides=(2, 2, 3), resnet_stem_width=32,
-    resnet_padding="centred", resnet_norm="group", width=128, heads=4, mlp_dim=512, encoder_layers=3, decoder_layers=3,
-    dropout_rate=0.0, vocab_size=1000, max_text_length=48, num_queries=9, num_classes=5,
-    num_attributes=6)
+    resnet_padding="centred", resnet_norm="group", width=128, heads=4, mlp_dim=512,
+    encoder_layers=3, decoder_layers=3, dropout_rate=0.0, vocab_size=1000, max_text_length=48,
+    num_queries=9, num_classes=5, num_attributes=6)
 _BASE = dict(image_size=448, resnet_depth=50, resnet_norm="frozen_batch", width=256, heads=8,
              mlp_dim=2048, encoder_layers=6, decoder_layers=6, dropout_rate=0.1,
              vocab_size=30522, max_text_length=64, num_queries=100, num_classes=1600,
