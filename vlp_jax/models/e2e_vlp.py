@@ -17,7 +17,8 @@
   - captioning: causal LM over its own caption embeddings ([DEC] as BOS), LM head tied to them;
     KV-cache decoding through `vlp_jax.decoding`.
 Detection and captioning read the memory of an image-only encoder pass (`[CLS] [SEP] o1..oHW`),
-as at inference; MLM and ITM read a joint pass over (masked caption, image).
+as at inference; MLM reads a joint pass over (masked caption, image), ITM one over (caption or a
+mismatched one, image), unmasked as at inference.
 
 Params: grid_encoder/{resnet, projection}, image_type_embedding [D], image_layer_norm,
 text_embeddings/{word,position,token_type}_embeddings, encoder/layers_i, mlm_head, itm_head,
@@ -285,8 +286,10 @@ def e2e_vlp_loss(model: E2EVLP, params: PyTree, extra_state: PyTree, batch: dict
 
   batch: image [B, H, W, 3]; text_ids, text_mask [B, T] ([CLS] w.. [SEP] pad); boxes
   [B, M, 4] normalised cxcywh, labels [B, M], box_valid [B, M]; optional colours [B, M]
-  (attribute ids, -1 unknown; `pad_objects` emits them for sources with colours, as shapes). Half the pairs (a Bernoulli draw per example) get the caption of the next
-  example in the batch (rolled) as ITM negatives; MLM counts the matched pairs only.
+  (attribute ids, -1 unknown; `pad_objects` emits them for sources with colours, as shapes).
+  ITM reads the unmasked texts: half the pairs (a Bernoulli draw per example) get the caption of
+  the next example in the batch (rolled) as negatives. MLM reads a second joint pass over every
+  real pair with its caption masked, so masking never hides what tells a negative apart.
   Returns (loss, metrics with every term, extra_state unchanged).
   """
   c = model.config
@@ -296,18 +299,19 @@ def e2e_vlp_loss(model: E2EVLP, params: PyTree, extra_state: PyTree, batch: dict
   run = functools.partial(model.apply, {"params": params}, rngs={"dropout": dropout_rng})
   image_tokens, image_pos = run(batch["image"], method=E2EVLP.encode_image)
 
+  masked = language.mask_tokens(mask_rng, token_ids, vocab_size=c.vocab_size, mask_id=c.mask_id,
+                                special_ids=(c.cls_id, c.sep_id), pad_id=c.pad_id,
+                                mask_prob=c.mask_prob)
+  hidden = run(masked.inputs, text_mask, image_tokens, image_pos, method=E2EVLP.encode,
+               deterministic=deterministic)
+  mlm_logits = run(hidden[:, :token_ids.shape[1]], method=E2EVLP.mlm_logits)
+  mlm, mlm_metrics = language.masked_lm_loss(mlm_logits, masked.labels, masked.weights)
+
   matched = jax.random.bernoulli(itm_rng, 0.5, token_ids.shape[:1])
   pair_ids = jnp.where(matched[:, None], token_ids, jnp.roll(token_ids, 1, axis=0))
   pair_mask = jnp.where(matched[:, None], text_mask, jnp.roll(text_mask, 1, axis=0))
-  masked = language.mask_tokens(mask_rng, pair_ids, vocab_size=c.vocab_size, mask_id=c.mask_id,
-                                special_ids=(c.cls_id, c.sep_id), pad_id=c.pad_id,
-                                mask_prob=c.mask_prob)
-  hidden = run(masked.inputs, pair_mask, image_tokens, image_pos, method=E2EVLP.encode,
+  hidden = run(pair_ids, pair_mask, image_tokens, image_pos, method=E2EVLP.encode,
                deterministic=deterministic)
-  length = token_ids.shape[1]
-  mlm_logits = run(hidden[:, :length], method=E2EVLP.mlm_logits)
-  mlm, mlm_metrics = language.masked_lm_loss(mlm_logits, masked.labels,
-                                             masked.weights * matched[:, None])
   itm_logits = run(hidden, method=E2EVLP.itm_logits)
   itm_labels = matched.astype(jnp.int32)
   itm = jnp.mean(language.smoothed_cross_entropy(itm_logits, itm_labels))
