@@ -32,8 +32,9 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # 0.894, 0.969, 0.816 / 0.938, 0.953, 0.781; caption weight 3: 0.928, 0.964, 0.790 / 0.944,
     # 0.943, 0.882; MLM weight 0.7: 0.944, 0.955, 0.776; 1: 0.946, 0.892, 0.836; 3,300 steps
     # (10 minutes): 0.917, 0.950, 0.729 / 0.921, 0.943, 0.727. The separate ITM pass makes a step
-    # 1.2x slower (6.6 -> 5.5 steps/s). The object recall moves by +-0.05 between seeds. When ITM read the MLM pass's masked texts (masking
-    # could hide the word that tells a negative apart) it reached 0.85-0.90 at MLM weight 0.5-1:
+    # 1.2x slower (6.6 -> 5.5 steps/s). The object recall moves by +-0.05 between seeds. When
+    # ITM read the MLM pass's masked texts (masking could hide the word that tells a negative
+    # apart) it reached 0.85-0.90 at MLM weight 0.5-1:
     # 0.941, 0.897, 0.827 (0.35: 0.932, 0.956, 0.780; 1: 0.951, 0.846, 0.799 / 0.944, 0.848,
     # 0.837, with lr 7e-4: 0.940, 0.877, 0.812). TF
     # "SAME" padding (tokens 3.5 px off their cells' centres): 0.925, 0.882, 0.791 / 0.907, 0.929,
