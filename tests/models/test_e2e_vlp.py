@@ -1,5 +1,6 @@
 """E2E-VLP: output shapes, logical names, the combined loss and grads, overfitting detection,
 cached captioning vs the full causal forward, `detect`, and the family's configs."""
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -121,6 +122,21 @@ def test_loss_terms_and_grads_are_finite(overfit_run):
 def test_detection_loss_decreases_when_overfitting_a_batch(overfit_run):
   losses = [float(metrics["detection_loss"]) for metrics, in zip(overfit_run[0])]
   assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_itm_reads_unmasked_texts_whatever_the_mlm_masking(model_and_params):
+  model, boxed = model_and_params
+  params = nn.unbox(boxed)
+  batch = _batch(4)
+
+  def metrics_at(mask_prob: float) -> dict:
+    m = e2e_vlp.build_e2e_vlp(dataclasses.replace(CONFIG, mask_prob=mask_prob))
+    return jax.jit(lambda p: e2e_vlp.e2e_vlp_loss(m, p, {}, batch, jax.random.PRNGKey(5),
+                                                  deterministic=True)[1])(params)
+
+  light, heavy = metrics_at(0.15), metrics_at(0.9)
+  np.testing.assert_allclose(heavy["itm_loss"], light["itm_loss"], rtol=1e-6)
+  assert abs(float(heavy["mlm_loss"]) - float(light["mlm_loss"])) > 1e-3
 
 
 def test_cached_caption_decode_equals_full_causal_forward(model_and_params):
