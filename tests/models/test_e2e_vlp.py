@@ -125,7 +125,7 @@ def test_detection_loss_decreases_when_overfitting_a_batch(overfit_run):
 
 
 def test_itm_reads_unmasked_texts_whatever_the_mlm_masking(model_and_params):
-  model, boxed = model_and_params
+  _, boxed = model_and_params
   params = nn.unbox(boxed)
   batch = _batch(4)
 
