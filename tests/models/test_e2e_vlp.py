@@ -139,6 +139,25 @@ def test_itm_reads_unmasked_texts_whatever_the_mlm_masking(model_and_params):
   assert abs(float(heavy["mlm_loss"]) - float(light["mlm_loss"])) > 1e-3
 
 
+def test_mlm_stride_reads_every_kth_example(model_and_params):
+  _, boxed = model_and_params
+  params = nn.unbox(boxed)
+  batch = _batch(6)
+  every_other = jax.tree.map(lambda x: x[::2], batch)
+
+  def metrics(stride: int, inputs: dict) -> dict:
+    m = e2e_vlp.build_e2e_vlp(dataclasses.replace(CONFIG, mlm_stride=stride, mask_prob=0.5))
+    return jax.jit(lambda p: e2e_vlp.e2e_vlp_loss(m, p, {}, inputs, jax.random.PRNGKey(2),
+                                                  deterministic=True)[1])(params)
+
+  strided, halved, full = metrics(2, batch), metrics(1, every_other), metrics(1, batch)
+  np.testing.assert_allclose(strided["mlm_loss"], halved["mlm_loss"], rtol=1e-5)
+  np.testing.assert_allclose(strided["itm_loss"], full["itm_loss"], rtol=1e-6)
+  assert abs(float(strided["mlm_loss"]) - float(full["mlm_loss"])) > 1e-3
+  with pytest.raises(ValueError, match="mlm_stride=0"):
+    dataclasses.replace(CONFIG, mlm_stride=0)
+
+
 def test_cached_caption_decode_equals_full_causal_forward(model_and_params):
   model, boxed = model_and_params
   params = nn.unbox(boxed)

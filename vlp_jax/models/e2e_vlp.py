@@ -87,7 +87,12 @@ class E2EVLPConfig:
   giou_weight: float = 2.0
   eos_coef: float = 0.1
   mask_prob: float = 0.15
+  mlm_stride: int = 1                  # MLM reads examples 0, k, 2k, ... of the batch
   label_smoothing: float = 0.1
+
+  def __post_init__(self) -> None:
+    if self.mlm_stride < 1:
+      raise ValueError(f"model.mlm_stride={self.mlm_stride} must be >= 1")
 
   def resnet(self) -> ResNetSpec:
     """The grid encoder's stage layout."""
@@ -288,8 +293,9 @@ def e2e_vlp_loss(model: E2EVLP, params: PyTree, extra_state: PyTree, batch: dict
   [B, M, 4] normalised cxcywh, labels [B, M], box_valid [B, M]; optional colours [B, M]
   (attribute ids, -1 unknown; `pad_objects` emits them for sources with colours, as shapes).
   ITM reads the unmasked texts: half the pairs (a Bernoulli draw per example) get the caption of
-  the next example in the batch (rolled) as negatives. MLM reads a second joint pass over every
-  real pair with its caption masked, so masking never hides what tells a negative apart.
+  the next example in the batch (rolled) as negatives. MLM reads a second joint pass over real
+  pairs with their captions masked (every `mlm_stride`-th example), so masking never hides what
+  tells a negative apart.
   Returns (loss, metrics with every term, extra_state unchanged).
   """
   c = model.config
@@ -299,11 +305,12 @@ def e2e_vlp_loss(model: E2EVLP, params: PyTree, extra_state: PyTree, batch: dict
   run = functools.partial(model.apply, {"params": params}, rngs={"dropout": dropout_rng})
   image_tokens, image_pos = run(batch["image"], method=E2EVLP.encode_image)
 
-  masked = language.mask_tokens(mask_rng, token_ids, vocab_size=c.vocab_size, mask_id=c.mask_id,
-                                special_ids=(c.cls_id, c.sep_id), pad_id=c.pad_id,
-                                mask_prob=c.mask_prob)
-  hidden = run(masked.inputs, text_mask, image_tokens, image_pos, method=E2EVLP.encode,
-               deterministic=deterministic)
+  every = slice(None, None, c.mlm_stride)
+  masked = language.mask_tokens(mask_rng, token_ids[every], vocab_size=c.vocab_size,
+                                mask_id=c.mask_id, special_ids=(c.cls_id, c.sep_id),
+                                pad_id=c.pad_id, mask_prob=c.mask_prob)
+  hidden = run(masked.inputs, text_mask[every], image_tokens[every], image_pos,
+               method=E2EVLP.encode, deterministic=deterministic)
   mlm_logits = run(hidden[:, :token_ids.shape[1]], method=E2EVLP.mlm_logits)
   mlm, mlm_metrics = language.masked_lm_loss(mlm_logits, masked.labels, masked.weights)
 
