@@ -27,31 +27,31 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 1e-4
   config.optimizer.grad_clip_norm = 0.1
   if variant == "tiny":
-    # Test split (AP50, ITM accuracy, object recall; seeds 0 / 1). This default (3,600 steps of
-    # 16, caption weight 3, MLM weight 0.5 on every second example, "centred" ResNet padding,
-    # ITM on unmasked texts): 0.936, 0.929, 0.817 / 0.917, 0.909, 0.815. MLM on every example,
-    # 4,000 steps (1.2x this run's time): caption weight 2: 0.894, 0.969, 0.816 / 0.938, 0.953,
-    # 0.781; weight 3: 0.928, 0.964, 0.790 / 0.944, 0.943, 0.882; MLM weight 0.7: 0.944, 0.955,
-    # 0.776; 1: 0.946, 0.892, 0.836; 3,300 steps, caption weight 2: 0.917, 0.950, 0.729 / 0.921,
-    # 0.943, 0.727. The separate ITM pass made a step 1.2x slower (6.6 -> 5.5 steps/s); MLM on
-    # half the examples takes back 0.92x of that (6.1-6.2 steps/s). When ITM read the MLM pass's
-    # masked texts (masking could hide the word that tells a negative apart) it reached 0.85-0.90
-    # at MLM weight 0.5-1: 0.941, 0.897, 0.827 (0.35: 0.932, 0.956, 0.780; 1: 0.951, 0.846,
-    # 0.799 / 0.944, 0.848, 0.837, with lr 7e-4: 0.940, 0.877, 0.812). TF "SAME" padding
-    # (tokens 3.5 px off their cells' centres): 0.925, 0.882, 0.791 / 0.907, 0.929, 0.770.
-    # Symmetric (torchvision) padding centres each token on its cell's top-left corner;
-    # it confused diamonds and triangles (detection: 58 of 313 triangles missed, 48 called
-    # diamonds; teacher-forced captions named 35% of diamonds triangle): 0.879, 0.934, 0.736
-    # (MLM weight 1). Before centring, none of these helped the recall: caption weight 1: 0.880,
-    # 0.919, 0.669; weight 3: 0.889, 0.916, 0.768; 4,400 steps: 0.880, 0.947, 0.759; no caption
-    # label smoothing: 0.877, 0.946, 0.768; lr 1.5e-3: 0.818, 0.930, 0.641; lr 7e-4: 0.861,
-    # 0.966, 0.735; Adam b2 0.98: 0.893, 0.869, 0.769; 64-token texts: 0.880, 0.919, 0.781;
-    # ResNet widths (64, 128, 256): 0.900, 0.925, 0.765; 8,000 steps of 8: 0.887, 0.840, 0.743;
-    # a stride-1 first stage (1,400 steps of 32 in the same time): 0.749, 0.826, 0.297; layers
-    # (encoder + decoder) 3 + 4: 0.879, 0.920, 0.711; 2 + 4: 0.896, 0.915, 0.539; 4 + 3: 0.851,
-    # 0.917, 0.639; 4 + 2: 0.649, 0.920, 0.578. Steps of 32 learn less per example than steps of
-    # 16 at the same cost (1,900 steps: 0.828, 0.964, 0.426); captioning alone (the other
-    # weights 0) recalls 0.27: the shared decoder's detection training helps the captions.
+    # Test split (AP50, ITM accuracy, object recall; seeds 0 / 1). This default (3,600 steps of 16,
+    # caption weight 3, MLM weight 0.5 on every second example, "centred" ResNet padding, ITM on
+    # unmasked texts): 0.936, 0.929, 0.817 / 0.917, 0.909, 0.815 (seed 2: 0.945, 0.947, 0.818). MLM
+    # on every example, 4,000 steps (1.2x this run's time): caption weight 2: 0.894, 0.969, 0.816 /
+    # 0.938, 0.953, 0.781; weight 3: 0.928, 0.964, 0.790 / 0.944, 0.943, 0.882; MLM weight 0.7:
+    # 0.944, 0.955, 0.776; 1: 0.946, 0.892, 0.836; 3,300 steps, caption weight 2: 0.917, 0.950,
+    # 0.729 / 0.921, 0.943, 0.727. The separate ITM pass made a step 1.2x slower (6.6 -> 5.5
+    # steps/s); MLM on half the examples takes back 0.92x of that (6.0-6.2 steps/s). When ITM read
+    # the MLM pass's masked texts (masking could hide the word that tells a negative apart) it
+    # reached 0.85-0.90 at MLM weight 0.5-1: 0.941, 0.897, 0.827 (0.35: 0.932, 0.956, 0.780; 1:
+    # 0.951, 0.846, 0.799 / 0.944, 0.848, 0.837, with lr 7e-4: 0.940, 0.877, 0.812). TF "SAME"
+    # padding (tokens 3.5 px off their cells' centres): 0.925, 0.882, 0.791 / 0.907, 0.929, 0.770.
+    # Symmetric (torchvision) padding centres each token on its cell's top-left corner; it confused
+    # diamonds and triangles (detection: 58 of 313 triangles missed, 48 called diamonds;
+    # teacher-forced captions named 35% of diamonds triangle): 0.879, 0.934, 0.736 (MLM weight 1).
+    # Before centring, none of these helped the recall: caption weight 1: 0.880, 0.919, 0.669;
+    # weight 3: 0.889, 0.916, 0.768; 4,400 steps: 0.880, 0.947, 0.759; no caption label smoothing:
+    # 0.877, 0.946, 0.768; lr 1.5e-3: 0.818, 0.930, 0.641; lr 7e-4: 0.861, 0.966, 0.735; Adam b2
+    # 0.98: 0.893, 0.869, 0.769; 64-token texts: 0.880, 0.919, 0.781; ResNet widths (64, 128, 256):
+    # 0.900, 0.925, 0.765; 8,000 steps of 8: 0.887, 0.840, 0.743; a stride-1 first stage (1,400
+    # steps of 32 in the same time): 0.749, 0.826, 0.297; layers (encoder + decoder) 3 + 4: 0.879,
+    # 0.920, 0.711; 2 + 4: 0.896, 0.915, 0.539; 4 + 3: 0.851, 0.917, 0.639; 4 + 2: 0.649, 0.920,
+    # 0.578. Steps of 32 learn less per example than steps of 16 at the same cost (1,900 steps:
+    # 0.828, 0.964, 0.426); captioning alone (the other weights 0) recalls 0.27: the shared
+    # decoder's detection training helps the captions.
     config.total_steps = 3600
     config.global_batch_size = 16
     config.eval_batch_size = 250
