@@ -102,11 +102,14 @@ def test_hf_captioning_equals_pipeline(run_dir, exported):
       text[len(prompt):].strip() for text in hf_texts]
 
 
-def test_sentencepiece_tokenizer_json_gives_our_ids(tmp_path):
+@pytest.mark.parametrize("model_type, split_by_whitespace",
+                         [("unigram", True), ("bpe", True), ("bpe", False)])
+def test_sentencepiece_tokenizer_json_gives_our_ids(tmp_path, model_type, split_by_whitespace):
   from vlp_jax.data.tokenizer import train_sentencepiece
   corpus = [f"a {c} {s} on the {p}" for c in ("red", "blue", "green", "yellow")
             for s in ("circle", "square", "triangle") for p in ("left", "right", "top")]
-  ours = train_sentencepiece(corpus * 3, vocab_size=60, lower_case=True)
+  ours = train_sentencepiece(corpus * 3, vocab_size=60, lower_case=True, model_type=model_type,
+                             split_by_whitespace=split_by_whitespace)
   hf = export._sentencepiece_hf_tokenizer(ours)
   hf.save_pretrained(str(tmp_path))
   hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))

@@ -18,8 +18,9 @@ Processor: `BlipImageProcessor` settings from the run's eval preprocessing (size
 another size than the model's may differ slightly); the tokenizer gives our ids:
 - WordPiece runs: `BertTokenizer` over the run's vocab.txt, with [DEC] (bos), [ENC], [IMG]
   added at our ids;
-- SentencePiece runs: a `tokenizer.json` (Unigram model with our pieces and scores, the
-  model's NFKC normalisation, Metaspace pre-tokenizer, `[CLS] $A [SEP]` template).
+- SentencePiece runs: a `tokenizer.json` (Unigram model with our pieces and scores, or BPE
+  with merges rebuilt from the pieces' order; the model's NFKC normalisation; Metaspace
+  pre-tokenizer, splitting words unless pieces span them; `[CLS] $A [SEP]` template).
 What differs in use (see `vlp_jax.pipelines`): our runs feed [ENC] first to the ITM encoder,
 so with transformers set `input_ids[:, 0] = enc_id` (in `config.json` as
 `text_config.enc_token_id`) for ITM; ITC and captioning need nothing special.
@@ -71,19 +72,35 @@ def _wordpiece_hf_tokenizer(tokenizer: Any, directory: str) -> Any:
   return hf
 
 
+def _bpe_merges(pieces: Sequence[str]) -> list[tuple[str, str]]:
+  """Merges that rebuild SentencePiece BPE: every split of each piece into two pieces,
+  ranked by the piece's id (SentencePiece merges the best-scored, i.e. lowest-id, piece
+  first), then by the ids of the two halves."""
+  ids = {piece: index for index, piece in enumerate(pieces)}
+  merges = [(ids[piece], ids[piece[:cut]], ids[piece[cut:]], piece[:cut], piece[cut:])
+            for piece in pieces for cut in range(1, len(piece))
+            if piece[:cut] in ids and piece[cut:] in ids]
+  return [(left, right) for *_, left, right in sorted(merges)]
+
+
 def _sentencepiece_hf_tokenizer(tokenizer: Any) -> Any:
-  """A `PreTrainedTokenizerFast` (tokenizers Unigram) giving our SentencePiece ids."""
+  """A `PreTrainedTokenizerFast` giving our SentencePiece ids (tokenizers Unigram or BPE)."""
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
   from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-  from tokenizers.models import Unigram
+  from tokenizers.models import BPE, Unigram
   from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
   proto = sentencepiece_model_pb2.ModelProto()
   proto.ParseFromString(tokenizer.model_proto)
   processor = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
-  vocab = [(processor.id_to_piece(i), processor.get_score(i))
-           for i in range(processor.get_piece_size())]
-  hf = Tokenizer(Unigram(vocab, unk_id=tokenizer.unk_id, byte_fallback=False))
+  pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+  if proto.trainer_spec.model_type == sentencepiece_model_pb2.TrainerSpec.BPE:
+    hf = Tokenizer(BPE({piece: index for index, piece in enumerate(pieces)},
+                       _bpe_merges(pieces), unk_token=pieces[tokenizer.unk_id],
+                       byte_fallback=False))
+  else:
+    vocab = [(piece, processor.get_score(i)) for i, piece in enumerate(pieces)]
+    hf = Tokenizer(Unigram(vocab, unk_id=tokenizer.unk_id, byte_fallback=False))
   rule = proto.normalizer_spec.name
   steps = [normalizers.Precompiled(proto.normalizer_spec.precompiled_charsmap)] \
       if proto.normalizer_spec.precompiled_charsmap else []
@@ -92,7 +109,9 @@ def _sentencepiece_hf_tokenizer(tokenizer: Any) -> Any:
   # SentencePiece's remove_extra_whitespaces: collapse runs of spaces, strip both ends.
   steps += [normalizers.Replace(Regex(" {2,}"), " "), normalizers.Strip()]
   hf.normalizer = normalizers.Sequence(steps)
-  hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+  # Pieces may span words when the model was trained with split_by_whitespace=false.
+  hf.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always",
+                                              split=proto.trainer_spec.split_by_whitespace)
   hf.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
   cls, sep = "[CLS]", "[SEP]"
   hf.post_processor = processors.TemplateProcessing(

@@ -72,6 +72,19 @@ def test_sentencepiece_decode_drops_specials(sentencepiece_model):
   assert tok.decode(ids) == "a red circle"
 
 
+def test_multiword_pieces_shorten_templated_captions(tmp_path):
+  texts = CAPTIONS * 20
+  words = tokenizer_lib.train_sentencepiece(texts, vocab_size=80, model_type="bpe")
+  phrases = tokenizer_lib.train_sentencepiece(texts, vocab_size=80, model_type="bpe",
+                                              split_by_whitespace=False)
+  assert any(" " in phrases.decode([i]).strip() for i in range(phrases.vocab_size))  # spans words
+  assert (sum(len(phrases.encode(t)) for t in CAPTIONS)
+          < sum(len(words.encode(t)) for t in CAPTIONS))
+  for text in CAPTIONS:
+    assert phrases.decode(phrases.encode(text)) == text
+    assert phrases.tokenize(tf.constant(text)).numpy().tolist() == phrases.encode(text)
+
+
 def test_sentencepiece_training_is_deterministic(tmp_path):
   first = tokenizer_lib.train_sentencepiece(CAPTIONS, vocab_size=64, output=str(tmp_path / "a.model"))
   second = tokenizer_lib.train_sentencepiece(CAPTIONS, vocab_size=64, output=str(tmp_path / "b.model"))

@@ -129,11 +129,14 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, output: str | None = None, *,
-                        model_type: str = "unigram", lower_case: bool = False) -> SentencePieceTokenizer:
+                        model_type: str = "unigram", lower_case: bool = False,
+                        split_by_whitespace: bool = True) -> SentencePieceTokenizer:
   """Trains a SentencePiece model on `texts` (deterministic for the same input).
 
   `vocab_size` is an upper bound (a small corpus may give fewer pieces). With `lower_case`
-  the model case-folds its input (`nmt_nfkc_cf`). Writes the model to `output` if given.
+  the model case-folds its input (`nmt_nfkc_cf`). With `split_by_whitespace=False` pieces
+  may span words ("▁in▁the▁top▁left"): templated captions take far fewer tokens (shapes,
+  BPE 300: median 25 instead of 43). Writes the model to `output` if given.
   """
   writer = io.BytesIO()
   spm.SentencePieceTrainer.train(
@@ -148,6 +151,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, output: str | Non
       character_coverage=1.0,
       hard_vocab_limit=False,
       input_sentence_size=0, shuffle_input_sentence=False,
+      split_by_whitespace=split_by_whitespace,
+      max_sentencepiece_length=16 if split_by_whitespace else 32,  # 16: SentencePiece's default
       num_threads=1, minloglevel=2)
   model_proto = writer.getvalue()
   if output:
@@ -303,12 +308,15 @@ def _main(argv: Sequence[str] | None = None) -> None:
   train.add_argument("--vocab_size", type=int, required=True)
   train.add_argument("--model_type", default="unigram", choices=["unigram", "bpe", "word", "char"])
   train.add_argument("--lower_case", action="store_true")
+  train.add_argument("--multiword_pieces", action="store_true",
+                     help="let pieces span words (SentencePiece split_by_whitespace=false)")
   train.add_argument("--output", required=True, help="path of the .model file")
   args = parser.parse_args(argv)
   if args.dataset == "shapes":
     args.dataset = "shapes/64px"
   tokenizer = train_sentencepiece(dataset_captions(args.dataset, args.data_dir, args.split), args.vocab_size,
-                                  args.output, model_type=args.model_type, lower_case=args.lower_case)
+                                  args.output, model_type=args.model_type, lower_case=args.lower_case,
+                                  split_by_whitespace=not args.multiword_pieces)
   print(f"wrote {args.output} (vocab_size={tokenizer.vocab_size})")
 
 
