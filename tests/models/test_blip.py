@@ -1,5 +1,4 @@
 """BLIP: shapes, encoder/decoder parameter sharing, the combined loss, training, cached decoding."""
-import dataclasses
 import functools
 
 import jax
@@ -122,35 +121,6 @@ def test_loss_terms_finite_and_state_advances(model_and_params, train_step):
       {"params": params}, _batch()["image"], method=blip.Blip.encode_image),
       method=blip.Blip.image_features)
   np.testing.assert_allclose(new_extra["queue"].image_features[:BATCH], features, atol=1e-5)
-
-
-def test_itm_stride_scores_every_kth_pair(model_and_params):
-  _, params = model_and_params
-  extra = blip.init_extra_state(params, jax.random.key(1), CONFIG)
-
-  def run_loss(stride: int) -> tuple[dict, list[tuple[int, ...]]]:
-    """Loss metrics and the [rows, T] shapes of the token ids each ITM call sees."""
-    m = blip.build_blip(dataclasses.replace(CONFIG, itm_stride=stride))
-    itm_inputs = []
-
-    def record_itm_calls(next_fun, args, kwargs, context):
-      if context.method_name == "itm_logits":
-        itm_inputs.append(args[0].shape)
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record_itm_calls):
-      metrics = blip.blip_loss(m, params, extra, _batch(5), jax.random.key(3),
-                               deterministic=True)[1]
-    return metrics, itm_inputs
-
-  (full, full_calls), (strided, strided_calls) = run_loss(1), run_loss(2)
-  assert full_calls == [(BATCH, LENGTH), (2 * BATCH, LENGTH)]
-  assert strided_calls == [(BATCH // 2, LENGTH), (BATCH, LENGTH)]  # examples 0 and 2
-  for name in ("itc_loss", "lm_loss"):
-    np.testing.assert_allclose(strided[name], full[name], rtol=1e-6)
-  assert abs(float(strided["itm_loss"]) - float(full["itm_loss"])) > 1e-4
-  with pytest.raises(ValueError, match="itm_stride=0"):
-    dataclasses.replace(CONFIG, itm_stride=0)
 
 
 def test_loss_decreases_on_a_fixed_batch(model_and_params, train_step):

@@ -59,11 +59,6 @@ def test_negative_pairs_order():
   assert ids.shape == (6, 4) and mask.shape == (6, 4) and embeds.shape == (6, 2, 5)
   np.testing.assert_array_equal(ids[:, 0], [0, 1, 2, 2, 0, 1])
   np.testing.assert_array_equal(embeds[:, 0, 0], [11, 12, 10, 10, 11, 12])
-  # Stride 2: the pairs of examples 0 and 2, their negatives still drawn from all three.
-  ids, mask, embeds = matching.negative_pairs(negatives, text_ids, text_mask, images, 2)
-  assert ids.shape == (4, 4) and mask.shape == (4, 4) and embeds.shape == (4, 2, 5)
-  np.testing.assert_array_equal(ids[:, 0], [0, 2, 2, 1])
-  np.testing.assert_array_equal(embeds[:, 0, 0], [11, 10, 10, 12])
 
 
 def test_itm_loss_counts_positives_and_negatives():

@@ -37,8 +37,7 @@ HF ships retrieval and captioning as separate finetunes: the shared parts come f
 HF's text models have no pooler here (`add_pooling_layer=False`).
 
 Training (`blip_loss`): one image forward and three text forwards per pair plus the momentum
-encoders, ITC + ITM + LM with configurable weights (ITM on 3B pairs, or on the pairs of every
-`itm_stride`-th example and their hard negatives); state in `extra_state` =
+encoders, ITC + ITM + LM with configurable weights; state in `extra_state` =
 {"momentum": EMA copies of vision/text (unimodal parts)/vision_proj/text_proj, "queue": FeatureQueue,
 "step": int32}. Captioning: `caption` runs `vlp_jax.decoding` with a KV cache.
 """
@@ -100,11 +99,6 @@ class BlipConfig:
   alpha_ramp_steps: int = 0
   label_smoothing: float = 0.1
   use_image_ids: bool = False
-  itm_stride: int = 1  # ITM scores the pairs of examples 0, k, 2k, ... (and their negatives)
-
-  def __post_init__(self) -> None:
-    if self.itm_stride < 1:
-      raise ValueError(f"model.itm_stride={self.itm_stride} must be >= 1")
 
 
 class LMPredictionHead(nn.Module):
@@ -317,8 +311,7 @@ def blip_loss(model: Blip, params: PyTree, extra_state: dict[str, Any],
   batch: image [B, H, W, 3], text_ids [B, T] ([CLS] w... [SEP] pad), text_mask [B, T], and
   image_id [B] when `config.use_image_ids`. Returns (loss, metrics, new extra_state).
   Follows salesforce BLIP's step: EMA-update the momentum encoders, then ITC against
-  [momentum batch; queue], ITM on hard negatives (the pairs of examples 0, k, 2k, ... for
-  `itm_stride` k, negatives drawn from the whole batch), LM with label smoothing, then enqueue.
+  [momentum batch; queue], ITM on hard negatives, LM with label smoothing, then enqueue.
   """
   c = model.config
   dropout_rng, momentum_rng, negatives_rng = jax.random.split(rng, 3)
@@ -356,11 +349,9 @@ def blip_loss(model: Blip, params: PyTree, extra_state: dict[str, Any],
   enc_ids = with_token(token_ids, c.enc_id)
   negatives = matching.sample_hard_negatives(
       negatives_rng, itc.sim_i2t[:, :batch_size], itc.sim_t2i[:, :batch_size], image_ids)
-  every = slice(None, None, c.itm_stride)
-  positive_logits = run(params, Blip.itm_logits, enc_ids[every], padding_mask[every],
-                        image_embeds[every])
+  positive_logits = run(params, Blip.itm_logits, enc_ids, padding_mask, image_embeds)
   negative_ids, negative_mask, negative_images = matching.negative_pairs(
-      negatives, enc_ids, padding_mask, image_embeds, c.itm_stride)
+      negatives, enc_ids, padding_mask, image_embeds)
   negative_logits = run(params, Blip.itm_logits, negative_ids, negative_mask, negative_images)
   itm_loss, itm_metrics = matching.image_text_matching_loss(positive_logits, negative_logits)
 

@@ -61,22 +61,18 @@ def sample_hard_negatives(rng: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array
 
 
 def negative_pairs(negatives: HardNegatives, text_ids: jax.Array, text_mask: jax.Array,
-                   image_embeds: jax.Array, stride: int = 1
-                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Inputs of the 2B negative pairs in BLIP's order, or of the 2 ceil(B / stride) negatives
-  of examples 0, stride, 2 stride, ... (drawn from the whole batch).
+                   image_embeds: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Inputs of the 2B negative pairs in BLIP's order.
 
   text_ids, text_mask [B, L]; image_embeds [B, N, D] ->
-  (text_ids [2B', L], text_mask [2B', L], image_embeds [2B', N, D]), B' = ceil(B / stride).
+  (text_ids [2B, L], text_mask [2B, L], image_embeds [2B, N, D]).
   """
-  every = slice(None, None, stride)
-  text_for_image, image_for_text = negatives.text_for_image[every], negatives.image_for_text[every]
-  neg_text_ids = jnp.take(text_ids, text_for_image, axis=0)
-  neg_text_mask = jnp.take(text_mask, text_for_image, axis=0)
-  neg_images = jnp.take(image_embeds, image_for_text, axis=0)
-  return (jnp.concatenate([text_ids[every], neg_text_ids], axis=0),
-          jnp.concatenate([text_mask[every], neg_text_mask], axis=0),
-          jnp.concatenate([neg_images, image_embeds[every]], axis=0))
+  neg_text_ids = jnp.take(text_ids, negatives.text_for_image, axis=0)
+  neg_text_mask = jnp.take(text_mask, negatives.text_for_image, axis=0)
+  neg_images = jnp.take(image_embeds, negatives.image_for_text, axis=0)
+  return (jnp.concatenate([text_ids, neg_text_ids], axis=0),
+          jnp.concatenate([text_mask, neg_text_mask], axis=0),
+          jnp.concatenate([neg_images, image_embeds], axis=0))
 
 
 def image_text_matching_loss(positive_logits: jax.Array, negative_logits: jax.Array
