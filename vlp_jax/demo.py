@@ -24,18 +24,20 @@ from vlp_jax.train.config import load_config_file
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO_ROOT, "configs", "blip.py:tiny")
-TOKENIZER_VOCAB_SIZE = 300  # BPE over lower-cased captions: about one piece per word
+# BPE over lower-cased captions with pieces that may span words ("▁in▁the▁top"), as
+# configs/blip.py:tiny expects: captions fit its 32 tokens.
+TOKENIZER_VOCAB_SIZE = 300
 
 
 def prepare_data(data_dir: str) -> tuple[str, str]:
   """Builds shapes 64 px and its tokenizer; returns (TFDS name, tokenizer path)."""
   summary = build_lib.build("shapes", data_dir, config="64px")
   print("dataset:", json.dumps(dataclasses.asdict(summary)), flush=True)
-  tokenizer_path = os.path.join(data_dir, "shapes_64px_bpe.model")
+  tokenizer_path = os.path.join(data_dir, "shapes_64px_bpe_multiword.model")
   if not os.path.exists(tokenizer_path):
     tokenizer_lib.train_sentencepiece(
         tokenizer_lib.dataset_captions(summary.name, data_dir), TOKENIZER_VOCAB_SIZE,
-        tokenizer_path, model_type="bpe", lower_case=True)
+        tokenizer_path, model_type="bpe", lower_case=True, split_by_whitespace=False)
   print(f"tokenizer: {tokenizer_path}", flush=True)
   return summary.name, tokenizer_path
 

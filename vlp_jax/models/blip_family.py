@@ -20,7 +20,7 @@ Evaluators:
   against the batch's reference text(s): `text_ids` [B, L], or [B, K, L] with `text_valid`;
   and `object_recall` (`vlp_jax.data.builders.object_recall`) when the batches carry the
   objects (`pad_objects`: labels, colours, box_valid), as the tiny variant's shapes eval does.
-  Tiny captions greedily without a prompt (it pretrains without one), up to 48 tokens.
+  Tiny captions greedily without a prompt (it pretrains without one), up to 32 tokens.
 """
 import dataclasses
 from collections.abc import Iterable
@@ -42,14 +42,15 @@ from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
 # txt2img, ITM accuracy, caption object recall): this 0.62 / 0.63, 0.99, 0.32; width 64
 # 0.52 / 0.53, 0.98, 0.19; 8 px patches (64 tokens) and learned positions from 0.02 noise at
 # width 64: 0.32 / 0.32, 0.94, 0.17, its captions naming the right colours but neither shapes
-# nor places. Three text layers (3,000 steps): see configs/blip.py. Text long enough for
-# the objects of 4-object captions (a word-level tokenizer gives 44 tokens median, 58 p95;
-# the objects come first, a truncated tail loses a relation).
+# nor places. Three text layers (3,000 steps): see configs/blip.py. Text: 32 tokens with a
+# BPE-300 tokenizer whose pieces span words ("▁in▁the▁bottom", `--multiword_pieces`): 27
+# tokens median, 37 p95 with [CLS] / [SEP]; the objects come first, so a truncated tail loses
+# a relation. A word-level one needs 48 (44 median, 58 p95) and makes the step 1.44x slower.
 _TINY = dict(
     image_size=63, patch_size=21, vision_position_init="sincos2d", vision_width=128,
     vision_layers=2, vision_heads=4, vision_mlp_dim=256, vision_layer_norm_epsilon=1e-6,
     vocab_size=1000, text_width=128, text_layers=3, text_heads=4, text_mlp_dim=256,
-    max_text_length=48, embed_dim=32, queue_size=1024, alpha_ramp_steps=400)
+    max_text_length=32, embed_dim=32, queue_size=1024, alpha_ramp_steps=400)
 _BASE = dict(image_size=224, text_dropout_rate=0.1, vocab_size=30524, queue_size=57600)
 _VARIANTS = {"tiny": _TINY, "base": _BASE}
 _EVAL_FIELDS = dict(eval_rerank_k=256, eval_itm_batch_size=64, eval_caption_prompt="a picture of ",
@@ -57,7 +58,7 @@ _EVAL_FIELDS = dict(eval_rerank_k=256, eval_itm_batch_size=64, eval_caption_prom
                     eval_caption_num_beams=3)
 # Tiny pretrains without the prompt, so it captions without one, long enough for 4 objects.
 _TINY_EVAL_FIELDS = dict(_EVAL_FIELDS, eval_rerank_k=32, eval_itm_batch_size=256,
-                         eval_caption_prompt="", eval_caption_max_length=48,
+                         eval_caption_prompt="", eval_caption_max_length=32,
                          eval_caption_num_beams=1)
 
 
