@@ -72,13 +72,12 @@ def _wordpiece_hf_tokenizer(tokenizer: Any, directory: str) -> Any:
   return hf
 
 
-def _bpe_merges(pieces: Sequence[str]) -> list[tuple[str, str]]:
-  """Merges that rebuild SentencePiece BPE: every split of each piece into two pieces,
-  ranked by the piece's id (SentencePiece merges the best-scored, i.e. lowest-id, piece
-  first), then by the ids of the two halves."""
-  ids = {piece: index for index, piece in enumerate(pieces)}
+def _bpe_merges(ids: dict[str, int]) -> list[tuple[str, str]]:
+  """Merges that rebuild SentencePiece BPE from its vocabulary (piece -> id): every split of
+  each piece into two pieces, ranked by the piece's id (SentencePiece merges the best-scored,
+  i.e. lowest-id, piece first), then by the ids of the two halves."""
   merges = [(ids[piece], ids[piece[:cut]], ids[piece[cut:]], piece[:cut], piece[cut:])
-            for piece in pieces for cut in range(1, len(piece))
+            for piece in ids for cut in range(1, len(piece))
             if piece[:cut] in ids and piece[cut:] in ids]
   return [(left, right) for *_, left, right in sorted(merges)]
 
@@ -95,8 +94,8 @@ def _sentencepiece_hf_tokenizer(tokenizer: Any) -> Any:
   processor = spm.SentencePieceProcessor(model_proto=tokenizer.model_proto)
   pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
   if proto.trainer_spec.model_type == sentencepiece_model_pb2.TrainerSpec.BPE:
-    hf = Tokenizer(BPE({piece: index for index, piece in enumerate(pieces)},
-                       _bpe_merges(pieces), unk_token=pieces[tokenizer.unk_id],
+    ids = {piece: index for index, piece in enumerate(pieces)}
+    hf = Tokenizer(BPE(ids, _bpe_merges(ids), unk_token=pieces[tokenizer.unk_id],
                        byte_fallback=False))
   else:
     vocab = [(piece, processor.get_score(i)) for i, piece in enumerate(pieces)]
