@@ -25,7 +25,7 @@ def test_vit_shapes_and_resampled_positions():
   assert bigger.shape == (2, 1 + 6 * 5, 16) and np.isfinite(bigger).all()
 
 
-def test_vit_sincos2d_position_init_is_the_sine_grid_and_learnable():
+def test_vit_sincos2d_position_init_is_the_scaled_sine_grid_and_learnable():
   model = VisionTransformer(**TINY, position_init="sincos2d")
   params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"])
   positions = params["position_embedding"]
@@ -35,6 +35,10 @@ def test_vit_sincos2d_position_init_is_the_sine_grid_and_learnable():
   first_channel = lambda p: model.apply({"params": p}, jnp.ones((1, 32, 32, 3)))[..., 0].sum()
   grads = jax.grad(first_channel)(params)
   assert np.abs(grads["position_embedding"]).max() > 0
+  scaled = VisionTransformer(**TINY, position_init="sincos2d", position_init_scale=3.0)
+  scaled_positions = scaled.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  np.testing.assert_allclose(nn.meta.unbox(scaled_positions)["position_embedding"],
+                             3.0 * positions, rtol=1e-6)
   with pytest.raises(ValueError, match="position_init"):
     VisionTransformer(**TINY, position_init="rope").init(jax.random.key(0),
                                                          jnp.zeros((1, 32, 32, 3)))

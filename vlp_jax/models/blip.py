@@ -75,6 +75,7 @@ class BlipConfig:
   vision_mlp_dim: int = 3072
   vision_layer_norm_epsilon: float = 1e-5
   vision_position_init: str = "normal"
+  vision_position_init_scale: float = 1.0
   vocab_size: int = 30524
   text_width: int = 768
   text_layers: int = 12
@@ -201,6 +202,7 @@ class Blip(nn.Module):
         image_size=c.image_size, patch_size=c.patch_size, width=c.vision_width,
         num_layers=c.vision_layers, num_heads=c.vision_heads, mlp_dim=c.vision_mlp_dim,
         layer_norm_epsilon=c.vision_layer_norm_epsilon, position_init=c.vision_position_init,
+        position_init_scale=c.vision_position_init_scale,
         dtype=self.dtype, param_dtype=self.param_dtype, remat_policy=self.remat_policy,
         scan_layers=self.scan_layers)
     self.text = MedTextTransformer(c, dtype=self.dtype, param_dtype=self.param_dtype,
