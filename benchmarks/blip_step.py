@@ -13,7 +13,9 @@ Torch is `BlipForConditionalGeneration` of the same sizes, `torch.optim.AdamW`,
 `torch.set_num_threads(<cores>)`.
 
 With `--framework both` (default) the two are timed in one process, steps interleaved
-round by round (the CPU may be shared: only ratios taken side by side mean much).
+round by round (the CPU may be shared: only ratios taken side by side mean much). Under
+glibc, interleaving slows ours more than torch (each of our steps faults in pages that
+torch's step has just used and freed): prefer `--malloc tbb`, below.
 Each framework is warmed up, then the median of `--steps` timed steps is reported.
 
 Also printed: model FLOPs per step (analytic: 2 * MACs of every matmul, forward, times 3
@@ -24,9 +26,18 @@ GFLOP/s and model FLOPs utilisation (MFU) against that peak. The last line is
 
 XLA CPU flags: none are set here (no flag tried helped, see README); `XLA_FLAGS` from the
 environment applies and is printed.
+
+Host malloc: XLA CPU allocates the step's temporaries as one 1.3 GB buffer per call, which
+glibc maps afresh and unmaps every step (339k page faults, ~0.6 s of kernel time per step
+here). `--malloc tbb` (needs `pip install -e .[bench]`) runs ours with TBB's scalable
+allocator preloaded (the script re-executes itself) and told to keep objects over 64 MB cached,
+so the step reuses the same pages. PyTorch's step is slower under that allocator (see
+README), so `--framework both --malloc tbb` times torch (glibc) and then ours (tbbmalloc),
+each in its own child process, and prints the ratio of their medians.
 """
 import argparse
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -58,6 +69,23 @@ def analytic_flops() -> dict[str, float]:
   head = 2 * b * t * dt * dt + 2 * b * t * dt * v
   forward = vision + text + head
   return {"forward": forward, "step": 3 * forward}
+
+
+TBB_HUGE_OBJECT_BYTES = 64 * 2**20  # tbbmalloc caches objects over this size indefinitely
+
+
+def reexec_with_tbbmalloc() -> None:
+  """Replaces this process with itself under TBB's malloc (LD_PRELOAD); no-op once done."""
+  # The `tbb` wheel puts its libraries in <prefix>/lib; the proxy needs libtbbmalloc first.
+  libraries = [os.path.join(sys.prefix, "lib", name)
+               for name in ("libtbbmalloc.so.2", "libtbbmalloc_proxy.so.2")]
+  if libraries[-1] in os.environ.get("LD_PRELOAD", ""):
+    return
+  if not all(os.path.exists(path) for path in libraries):
+    sys.exit(f"--malloc tbb: {libraries} not found; pip install -e .[bench] (the `tbb` wheel)")
+  env = dict(os.environ, TBB_MALLOC_SET_HUGE_SIZE_THRESHOLD=str(TBB_HUGE_OBJECT_BYTES),
+             LD_PRELOAD=" ".join(filter(None, [*libraries, os.environ.get("LD_PRELOAD")])))
+  os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def median(values: list[float]) -> float:
@@ -180,6 +208,20 @@ def torch_step_runner(threads: int, seed: int = 0) -> tuple[Callable[[], None], 
 
 
 # ------------------------------------------------------------------------------------ main
+def compare_in_two_processes(args: argparse.Namespace) -> None:
+  """torch under glibc, then ours under tbbmalloc, each in a child process; their ratio."""
+  ms = {}
+  for framework, malloc in (("torch", "glibc"), ("jax", "tbb")):
+    command = [sys.executable, os.path.abspath(__file__), "--framework", framework,
+               "--malloc", malloc, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--threads", str(args.threads)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    print(output, end="", flush=True)
+    ms[framework] = float(output.strip().splitlines()[-1].split("=")[1])
+  print(f"ours/torch: ratio of medians {ms['jax'] / ms['torch']:.3f} (separate processes)")
+  print(f"ms_per_step={ms['jax']:.2f}")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,9 +231,17 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                       help="torch intra-op threads (default: all cores)")
+  parser.add_argument("--malloc", choices=["glibc", "tbb"], default="glibc",
+                      help="tbb: preload TBB's malloc keeping large buffers (jax only)")
   args = parser.parse_args()
+  if args.malloc == "tbb" and args.framework == "both":
+    return compare_in_two_processes(args)
+  if args.malloc == "tbb":
+    if args.framework != "jax":
+      parser.error("--malloc tbb is for --framework jax (torch's step is slower under it)")
+    reexec_with_tbbmalloc()
 
-  print(f"nproc={os.cpu_count()} torch_threads={args.threads} "
+  print(f"nproc={os.cpu_count()} torch_threads={args.threads} malloc={args.malloc} "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
   flops = analytic_flops()
   runners: dict[str, Callable[[], None]] = {}
