@@ -10,7 +10,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[cpu]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -23,11 +23,12 @@ venv-test: $(VENV)/.installed-test
 demo: venv
 	$(PY) -m vlp_jax.demo --data_dir data --workdir runs/demo --total_steps 1200
 
+# Under tbbmalloc where installed (see vlp_jax/train/host_allocator.py).
 test: venv-test
-	$(PY) -m pytest -q -rxX --durations=25 $(PYTEST_ARGS)
+	env $$($(PY) -m vlp_jax.train.host_allocator) $(PY) -m pytest -q -rxX --durations=25 $(PYTEST_ARGS)
 
 test-fast: venv-test
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	env $$($(PY) -m vlp_jax.train.host_allocator) $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) data runs

@@ -29,7 +29,7 @@ environment applies and is printed.
 
 Host malloc: XLA CPU allocates the step's temporaries as one 1.3 GB buffer per call, which
 glibc maps afresh and unmaps every step (339k page faults, ~0.6 s of kernel time per step
-here). `--malloc tbb` (needs `pip install -e .[bench]`) runs ours with TBB's scalable
+here). `--malloc tbb` (the `cpu` extra: `pip install -e .[cpu]`) runs ours with TBB's scalable
 allocator preloaded (the script re-executes itself) and told to keep objects over 64 MB cached,
 so the step reuses the same pages. PyTorch's step is slower under that allocator (see
 README), so `--framework both --malloc tbb` times torch (glibc) and then ours (tbbmalloc),
@@ -71,21 +71,20 @@ def analytic_flops() -> dict[str, float]:
   return {"forward": forward, "step": 3 * forward}
 
 
-TBB_HUGE_OBJECT_BYTES = 64 * 2**20  # tbbmalloc caches objects over this size indefinitely
+def reexec_with_malloc(malloc: str) -> None:
+  """Re-runs this script under tbbmalloc (`tbb`) or without it (`glibc`) unless it already is."""
+  from vlp_jax.train import host_allocator
 
-
-def reexec_with_tbbmalloc() -> None:
-  """Replaces this process with itself under TBB's malloc (LD_PRELOAD); no-op once done."""
-  # The `tbb` wheel puts its libraries in <prefix>/lib; the proxy needs libtbbmalloc first.
-  libraries = [os.path.join(sys.prefix, "lib", name)
-               for name in ("libtbbmalloc.so.2", "libtbbmalloc_proxy.so.2")]
-  if libraries[-1] in os.environ.get("LD_PRELOAD", ""):
-    return
-  if not all(os.path.exists(path) for path in libraries):
-    sys.exit(f"--malloc tbb: {libraries} not found; pip install -e .[bench] (the `tbb` wheel)")
-  env = dict(os.environ, TBB_MALLOC_SET_HUGE_SIZE_THRESHOLD=str(TBB_HUGE_OBJECT_BYTES),
-             LD_PRELOAD=" ".join(filter(None, [*libraries, os.environ.get("LD_PRELOAD")])))
-  os.execve(sys.executable, [sys.executable, *sys.argv], env)
+  args = [os.path.abspath(__file__), *sys.argv[1:]]
+  if malloc == "glibc" and host_allocator.tbbmalloc_loaded():
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    os.execve(sys.executable, [sys.executable, *args],
+              {**env, host_allocator.OPT_OUT_VARIABLE: "glibc"})
+  if malloc == "tbb" and not host_allocator.tbbmalloc_loaded():
+    if host_allocator.preload_env() is None:
+      sys.exit("--malloc tbb: tbbmalloc is not installed (pip install -e .[cpu]) or LD_PRELOAD "
+               "is set")
+    host_allocator.reexec_under_tbbmalloc(args)
 
 
 def median(values: list[float]) -> float:
@@ -232,14 +231,14 @@ def main() -> None:
   parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                       help="torch intra-op threads (default: all cores)")
   parser.add_argument("--malloc", choices=["glibc", "tbb"], default="glibc",
-                      help="tbb: preload TBB's malloc keeping large buffers (jax only)")
+                      help="tbb: TBB's malloc keeping large buffers (jax only); glibc: without it, "
+                           "also when LD_PRELOAD has it (vlp_jax.train.host_allocator)")
   args = parser.parse_args()
   if args.malloc == "tbb" and args.framework == "both":
     return compare_in_two_processes(args)
-  if args.malloc == "tbb":
-    if args.framework != "jax":
-      parser.error("--malloc tbb is for --framework jax (torch's step is slower under it)")
-    reexec_with_tbbmalloc()
+  if args.malloc == "tbb" and args.framework != "jax":
+    parser.error("--malloc tbb is for --framework jax (torch's step is slower under it)")
+  reexec_with_malloc(args.malloc)
 
   print(f"nproc={os.cpu_count()} torch_threads={args.threads} malloc={args.malloc} "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)

@@ -13,8 +13,13 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 
-import numpy as np
+if __name__ == "__main__":  # before jax and TensorFlow load: see vlp_jax.train.host_allocator
+  from vlp_jax.train.host_allocator import reexec_under_tbbmalloc
+  reexec_under_tbbmalloc(["-m", "vlp_jax.demo", *sys.argv[1:]])
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from vlp_jax.data import pipeline
 from vlp_jax.data import tokenizer as tokenizer_lib

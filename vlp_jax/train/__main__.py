@@ -9,7 +9,11 @@ Exit codes: 0 done or preempted (SIGTERM/SIGINT: checkpoint saved, rerun to resu
 """
 import sys
 
-from absl import app, flags, logging
+if __name__ == "__main__":  # before jax and TensorFlow load: see vlp_jax.train.host_allocator
+  from vlp_jax.train.host_allocator import reexec_under_tbbmalloc
+  reexec_under_tbbmalloc(["-m", "vlp_jax.train", *sys.argv[1:]])
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags
 
 from vlp_jax.train.config import ConfigError
