@@ -8,8 +8,9 @@
   python -m vlp_jax.train --config=configs/blip.py:base --workdir=<dir> --config.data.data_dir=<dir> \
       --config.data.tokenizer=<BERT vocab.txt with [ENC]/[DEC] added>
 Variants: tiny (64 px shapes at 63 px, 21 px patches = one per scene-grid cell, 3 vision + 3
-text layers of width 128, 32 text tokens, 2,600 steps of 32: under 10 minutes of 2 CPU cores;
-`tests/models/test_learning.py` checks what it learns), base (ViT-B/16 + BERT-base, 224 px,
+text layers of width 128, 32 text tokens, 2,600 steps of 32: 9.6 minutes of 2 CPU cores under
+glibc malloc, 6.5 under tbbmalloc (vlp_jax/train/host_allocator.py; the learning test takes
+8 minutes with its evaluation); `tests/models/test_learning.py` checks what it learns), base (ViT-B/16 + BERT-base, 224 px,
 batch 2,880, queue 57,600, AdamW 3e-4 with wd 0.05, 20 epochs of 14M pairs).
 The vocabulary size and special ids come from `data.tokenizer`.
 """
@@ -81,6 +82,11 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # 1.00, 0.817; seed 1 0.58 / 0.71, 0.99, 0.75; seed 2 0.800 / 0.800, 1.00, 0.818. With it,
     # neither spread nor seed 1 got better with momentum 0.99 (seed 1: 0.67 / 0.67, 0.99, 0.65)
     # or a 250-step warm-up (seed 1: 0.75 / 0.77, 0.99, 0.82; seed 0: 0.63 / 0.64, 0.99, 0.79).
+    # Seed 1's ITC loss is lowest near step 2,000 (~1.1-1.5) and then rises while the lr
+    # decays (3,400 steps: to 3.6, grad norm up to 107; 0.43 / 0.47, 0.99, 0.86); seeds 0
+    # and 2 rise a little (0.80 -> 0.99, 1.04 -> 1.31). Seed 1 without distillation (alpha
+    # 0): 0.67 / 0.66, 0.99, 0.45; the temperature frozen at 0.07 (no late rise, grad norm
+    # ~10): 0.70 / 0.69, 1.00, 0.82, 3,400 steps 0.71 / 0.71, 1.00, 0.88.
     config.model.lm_weight = 2.0
     config.total_steps = 2600
     config.global_batch_size = 32
