@@ -145,6 +145,6 @@ def test_sharded_jit_uses_global_box_count():
   """)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, timeout=900)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip().endswith("ok")

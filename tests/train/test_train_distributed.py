@@ -69,7 +69,7 @@ def test_two_processes_train_then_one_process_resumes(tmp_path):
              *override_flags(total_steps=10, checkpoint_every_steps=5)]
   env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
   process = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                           timeout=300, check=False)
+                           timeout=900, check=False)
   assert process.returncode == 0, process.stderr[-3000:]
   summaries = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
   assert len(summaries) == 2 and summaries[0]["loss"] == summaries[1]["loss"]

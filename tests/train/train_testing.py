@@ -35,7 +35,7 @@ def override_flags(**overrides: Any) -> list[str]:
   return [f"--config.{field}={value}" for field, value in {**TINY_OVERRIDES, **overrides}.items()]
 
 
-def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 240,
+def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 900,
                cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
   """Runs `python -c code` with this interpreter; returns the completed process."""
   full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu", **(env or {})}
@@ -44,7 +44,7 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 2
 
 
 def run_module(module: str, args: list[str], *, env: dict[str, str] | None = None,
-               timeout: int = 240) -> subprocess.CompletedProcess:
+               timeout: int = 900) -> subprocess.CompletedProcess:
   """Runs `python -m module args...` from the repository root."""
   full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu", **(env or {})}
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=full_env,
