@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 
+from subprocess_testing import run_module
 from vlp_jax import export, pipelines
 from vlp_jax.convert import params_io
 from vlp_jax.train import checkpoint
@@ -120,8 +121,6 @@ def test_sentencepiece_tokenizer_json_gives_our_ids(tmp_path, model_type, split_
 
 
 def test_cli_module_runs():
-  import subprocess
-  import sys
-  result = subprocess.run([sys.executable, "-m", "vlp_jax.export", "--help"],
-                          capture_output=True, text=True, check=True)
+  result = run_module("vlp_jax.export", ["--help"])
+  assert result.returncode == 0, result.stderr[-2000:]
   assert "hf-blip" in result.stdout and "msgpack" in result.stdout

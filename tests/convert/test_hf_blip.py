@@ -7,6 +7,7 @@ import pytest
 import torch
 from hf_blip_testing import (DEC_ID, BlipForConditionalGeneration, BlipForImageTextRetrieval,
                              random_images, save_hf_blip)
+from subprocess_testing import run_module
 
 from vlp_jax import convert, pipelines
 from vlp_jax.convert import params_io
@@ -106,8 +107,6 @@ def test_captions_match_transformers(captioning, num_beams, prompt):
 
 
 def test_cli_module_runs():
-  import subprocess
-  import sys
-  result = subprocess.run([sys.executable, "-m", "vlp_jax.convert", "--help"],
-                          capture_output=True, text=True, check=True)
+  result = run_module("vlp_jax.convert", ["--help"])
+  assert result.returncode == 0, result.stderr[-2000:]
   assert "hf-blip" in result.stdout

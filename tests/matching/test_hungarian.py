@@ -1,7 +1,4 @@
 """hungarian_match against scipy.optimize.linear_sum_assignment."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -10,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from subprocess_testing import EIGHT_CPU_DEVICES, run_python
 from vlp_jax.matching import hungarian_match
 
 _match = jax.jit(hungarian_match)
@@ -159,8 +157,6 @@ def test_vmap_matches_batched():
 
 def test_sharded_jit_over_eight_devices():
   script = textwrap.dedent("""
-      import os
-      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
       import jax, numpy as np
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
       from scipy.optimize import linear_sum_assignment
@@ -183,9 +179,7 @@ def test_sharded_jit_over_eight_devices():
         assert (match[b, ~valid[b]] == -1).all()
       print("ok")
   """)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=900)
+  result = run_python(script, env=EIGHT_CPU_DEVICES)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip().endswith("ok")
 

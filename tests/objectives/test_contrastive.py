@@ -1,13 +1,10 @@
 """ITC against a numpy transcription of BLIP's formula; queue, EMA, temperature, alpha ramp."""
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from subprocess_testing import EIGHT_CPU_DEVICES, run_python
 from vlp_jax.objectives import contrastive
 
 
@@ -135,8 +132,6 @@ def test_ema_update_over_pytree():
 
 
 _SHARDED_SCRIPT = r"""
-import os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_threefry_partitionable", True)
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -166,7 +161,5 @@ print("OK")
 
 def test_batch_sharded_over_eight_devices_matches_one_device():
   """Under jit the sharded batch is the global batch: loss, negatives and queue agree."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
-  result = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=900, check=False)
+  result = run_python(_SHARDED_SCRIPT, env=EIGHT_CPU_DEVICES)
   assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]

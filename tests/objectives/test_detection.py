@@ -1,7 +1,4 @@
 """DETR set criterion vs transformers' ImageLoss + HungarianMatcher, gradients, sharding."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -10,6 +7,7 @@ import numpy as np
 import torch
 from transformers.loss import loss_for_object_detection as hf
 
+from subprocess_testing import EIGHT_CPU_DEVICES, run_python
 from vlp_jax.objectives import detection
 
 NUM_CLASSES = 7
@@ -121,8 +119,6 @@ def test_gradients_flow_to_matched_queries_only():
 
 def test_sharded_jit_uses_global_box_count():
   script = textwrap.dedent("""
-      import os
-      os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
       import jax, numpy as np
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
       from vlp_jax.objectives import detection
@@ -143,8 +139,6 @@ def test_sharded_jit_uses_global_box_count():
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-6)
       print("ok")
   """)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=900)
+  result = run_python(script, env=EIGHT_CPU_DEVICES)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip().endswith("ok")

@@ -4,7 +4,8 @@ import os
 import jax
 import pytest
 
-from train_testing import run_module, tiny_toy_config
+from subprocess_testing import run_module
+from train_testing import tiny_toy_config
 from vlp_jax.train import config as config_lib
 from vlp_jax.train import trainer
 

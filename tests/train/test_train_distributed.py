@@ -1,20 +1,21 @@
 """The same trainer on 8 simulated devices, and on two processes resumed by one."""
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
-from train_testing import REPO_ROOT, override_flags, run_python, tiny_toy_config, train_records
+from subprocess_testing import EIGHT_CPU_DEVICES, REPO_ROOT, run_command, run_python
+from train_testing import override_flags, tiny_toy_config, train_records
 from vlp_jax.train import checkpoint as checkpoint_lib
 from vlp_jax.train import trainer
 
 STEPS = 20
+_TEST_DIRS = [os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))]
 
 _EIGHT_DEVICE_RUN = """
 import sys
-sys.path.insert(0, {tests_dir!r})
+sys.path[:0] = {test_dirs!r}  # train_testing and the subprocess_testing it imports
 import jax
 from train_testing import tiny_toy_config
 from vlp_jax.train import trainer
@@ -48,9 +49,8 @@ def test_eight_devices_data4_fsdp2_follow_single_device_loss(tmp_path):
   trainer.train(tiny_toy_config(total_steps=STEPS), single)
   sharded = str(tmp_path / "sharded")
   process = run_python(
-      _EIGHT_DEVICE_RUN.format(tests_dir=os.path.dirname(__file__), steps=STEPS,
-                               workdir=sharded),
-      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+      _EIGHT_DEVICE_RUN.format(test_dirs=_TEST_DIRS, steps=STEPS, workdir=sharded),
+      env=EIGHT_CPU_DEVICES)
   assert process.returncode == 0, process.stderr[-3000:]
   assert process.stdout.split()[-2:] == ["completed", str(STEPS)]
   expected, actual = train_records(single), train_records(sharded)
@@ -67,9 +67,7 @@ def test_two_processes_train_then_one_process_resumes(tmp_path):
   command = [os.path.join(REPO_ROOT, "launch", "local_multiprocess.sh"), "2",
              "--config=configs/toy.py:tiny", f"--workdir={workdir}",
              *override_flags(total_steps=10, checkpoint_every_steps=5)]
-  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  process = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                           timeout=900, check=False)
+  process = run_command(command)
   assert process.returncode == 0, process.stderr[-3000:]
   summaries = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
   assert len(summaries) == 2 and summaries[0]["loss"] == summaries[1]["loss"]

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from train_testing import run_python
+from subprocess_testing import run_python
 from vlp_jax.train import host_allocator
 
 _INSTALLED = host_allocator.preload_env({}) is not None

@@ -6,7 +6,8 @@ import signal
 import numpy as np
 import pytest
 
-from train_testing import override_flags, run_module, run_python, tiny_toy_config, train_records
+from subprocess_testing import run_module, run_python
+from train_testing import override_flags, tiny_toy_config, train_records
 from vlp_jax.train import checkpoint as checkpoint_lib
 from vlp_jax.train import trainer
 
@@ -17,7 +18,6 @@ SIGNAL_AFTER_BATCHES = 15
 # handing out its N-th batch (so the signal lands while step N is being dispatched).
 _SIGTERM_RUN = """
 import os, signal, sys
-sys.path.insert(0, {tests_dir!r})
 from absl import app
 from vlp_jax.train import __main__ as cli, trainer
 
@@ -60,8 +60,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(uninterrupted_run, tmp_pa
   workdir = str(tmp_path / "interrupted")
   flags = ["--config=configs/toy.py:tiny", f"--workdir={workdir}",
            *override_flags(total_steps=TOTAL_STEPS)]
-  process = run_python(_SIGTERM_RUN.format(tests_dir=os.path.dirname(__file__),
-                                           count=SIGNAL_AFTER_BATCHES, flags=flags))
+  process = run_python(_SIGTERM_RUN.format(count=SIGNAL_AFTER_BATCHES, flags=flags))
   assert process.returncode == 0, process.stderr[-3000:]
   assert f"preempted at step {SIGNAL_AFTER_BATCHES}: checkpoint saved" in process.stderr
   checkpointer = checkpoint_lib.Checkpointer(workdir)

@@ -1,15 +1,12 @@
-"""Shared helpers for the trainer tests: tiny toy configs, runs in subprocesses, metrics."""
+"""Shared helpers for the trainer tests: tiny toy configs, CLI flags, metrics."""
 import os
-import subprocess
-import sys
 from typing import Any
 
 import ml_collections
 
+from subprocess_testing import REPO_ROOT
 from vlp_jax.train import metrics as metrics_lib
 from vlp_jax.train.config import load_config_file
-
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 TINY_OVERRIDES = {
@@ -33,22 +30,6 @@ def tiny_toy_config(**overrides: Any) -> ml_collections.ConfigDict:
 def override_flags(**overrides: Any) -> list[str]:
   """The `--config.<field>=<value>` flags giving `tiny_toy_config(**overrides)` from the CLI."""
   return [f"--config.{field}={value}" for field, value in {**TINY_OVERRIDES, **overrides}.items()]
-
-
-def run_python(code: str, *, env: dict[str, str] | None = None, timeout: int = 900,
-               cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
-  """Runs `python -c code` with this interpreter; returns the completed process."""
-  full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu", **(env or {})}
-  return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True,
-                        text=True, timeout=timeout, check=False)
-
-
-def run_module(module: str, args: list[str], *, env: dict[str, str] | None = None,
-               timeout: int = 900) -> subprocess.CompletedProcess:
-  """Runs `python -m module args...` from the repository root."""
-  full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu", **(env or {})}
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=full_env,
-                        capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def train_records(workdir: str) -> dict[int, dict[str, Any]]:
