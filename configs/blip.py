@@ -91,6 +91,12 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # ~10): 0.70 / 0.69, 1.00, 0.82, 3,400 steps 0.71 / 0.71, 1.00, 0.88; the temperature
     # clamped at 0.02 from below (reached by step ~800; no late rise, grad norm 12-15): 0.69 /
     # 0.71, 0.99, 0.74. Seed 1's misses are not the late rise: its ITC loss stays at ~1.2-1.4.
+    # Nor the decay of the position embedding (its 10x lr multiplies its weight decay too):
+    # seed 1 with position and class embeddings out of decay 0.68 / 0.69, 0.99, 0.72. It is
+    # not the data order: seed 1's init and step rng on seed 0's batches 0.66 / 0.68, 0.99,
+    # 0.81 (ITC loss on those same batches 1.20 at step 1,600 and 1.29 at the end, seed 0's
+    # 0.82 and 0.57); nor the vision init: seed 1 with seed 0's vision params 0.68 / 0.68,
+    # 0.99, 0.77. Left: the text tower's and heads' init, or the step rng (ITM negatives).
     config.model.lm_weight = 2.0
     config.total_steps = 2600
     config.global_batch_size = 32
