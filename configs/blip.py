@@ -96,7 +96,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # not the data order: seed 1's init and step rng on seed 0's batches 0.66 / 0.68, 0.99,
     # 0.81 (ITC loss on those same batches 1.20 at step 1,600 and 1.29 at the end, seed 0's
     # 0.82 and 0.57); nor the vision init: seed 1 with seed 0's vision params 0.68 / 0.68,
-    # 0.99, 0.77. Left: the text tower's and heads' init, or the step rng (ITM negatives).
+    # 0.99, 0.77. Left: the text tower's and heads' init, the queue's random start, or the step
+    # rng (ITM negatives).
     config.model.lm_weight = 2.0
     config.total_steps = 2600
     config.global_batch_size = 32
