@@ -2,6 +2,7 @@
 
 Run: python benchmarks/blip_pretrain_mfu.py [--variant base] [--dtype bfloat16]
          [--batch 64,128] [--remat none,dots] [--text_length 32] [--rounds 5] [--steps 5]
+         [--profile DIR]
 
 The step is the trainer's: `blip.loss_fn_for` (EMA update of the momentum encoders, ITC
 against the 57,600-feature queue with momentum distillation, ITM on 2B mined hard negatives,
@@ -17,8 +18,12 @@ ViT and text encoder. Recomputation under remat is not model FLOPs. XLA's cost a
 the compiled step is printed next to it. The peak is measured in the same process: a jitted
 8192^3 matmul in `--dtype` (2048^3 on a CPU). Each configuration prints ms per step (median
 of `--rounds` windows of `--steps` steps), TFLOP/s and MFU; the last line is the best MFU.
+With `--profile DIR`, each configuration then traces `--steps` more steps under DIR (with the
+compiled module's text) and prints the op kinds and single ops that take the most time per
+step, each op named by its place in the model (`trace_summary.py`).
 """
 import argparse
+import os
 import time
 from typing import Any
 
@@ -28,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import trace_summary
 from vlp_jax.models import blip
 from vlp_jax.train.step import compute_gradients
 
@@ -84,8 +90,8 @@ def matmul_peak(dtype: jnp.dtype, size: int, repeats: int = 10) -> float:
 
 
 def step_runner(c: blip.BlipConfig, dtype: jnp.dtype, remat: str, batch: int,
-                text_length: int) -> tuple[Any, float]:
-  """A callable running `n` donated train steps (blocking at the end), and XLA's FLOPs."""
+                text_length: int) -> tuple[Any, Any]:
+  """A callable running `n` donated train steps (blocking at the end), and the compiled step."""
   model = blip.build_blip(c, dtype=dtype, remat_policy=remat)
   params = nn.meta.unbox(blip.init_params(model, jax.random.PRNGKey(0)))
   extra = blip.init_extra_state(params, jax.random.PRNGKey(1), c)
@@ -106,8 +112,6 @@ def step_runner(c: blip.BlipConfig, dtype: jnp.dtype, remat: str, batch: int,
       "text_mask": jnp.ones((batch, text_length), bool)}
   step = jax.jit(train_step, donate_argnums=(0, 1, 2))
   compiled = step.lower(params, opt_state, extra, data, jax.random.PRNGKey(2)).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   state = [params, opt_state, extra]
 
   def run(n: int) -> None:
@@ -115,7 +119,30 @@ def step_runner(c: blip.BlipConfig, dtype: jnp.dtype, remat: str, batch: int,
       *state[:], loss = compiled(*state, data, jax.random.PRNGKey(i))
     loss.block_until_ready()
 
-  return run, float((cost or {}).get("flops", float("nan")))
+  return run, compiled
+
+
+def xla_flops(compiled: Any) -> float:
+  """FLOPs of the compiled step by XLA's cost analysis (NaN where it has none)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def profile(run: Any, compiled: Any, steps: int, wall_ms_per_step: float, trace_dir: str) -> str:
+  """Traces `steps` steps into `trace_dir` and returns `trace_summary.summarize`'s report,
+  also written there (summary.txt) beside the compiled module's text (train_step.hlo.txt)."""
+  hlo_text = compiled.as_text()
+  os.makedirs(trace_dir, exist_ok=True)
+  with open(os.path.join(trace_dir, "train_step.hlo.txt"), "w") as f:
+    f.write(hlo_text)
+  jax.profiler.start_trace(trace_dir)
+  run(steps)
+  jax.profiler.stop_trace()
+  report = trace_summary.summarize(trace_dir, "jit_train_step", steps, wall_ms_per_step, hlo_text)
+  with open(os.path.join(trace_dir, "summary.txt"), "w") as f:
+    f.write(report + "\n")
+  return report
 
 
 def main() -> None:
@@ -128,19 +155,21 @@ def main() -> None:
   parser.add_argument("--text_length", type=int, default=32)
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
+  parser.add_argument("--profile", default="", help="trace --steps more steps of each "
+                      "configuration under this folder and print where the time goes")
   args = parser.parse_args()
 
   device = jax.devices()[0]
   dtype = jnp.dtype(args.dtype)
   peak = matmul_peak(dtype, 2048 if device.platform == "cpu" else 8192)
   print(f"device={device.device_kind} ({device.platform}) dtype={args.dtype} "
-        f"matmul_peak={peak / 1e12:.1f} TFLOP/s", flush=True)
+        f"matmul_peak={peak / 1e12:.2f} TFLOP/s", flush=True)
   c = blip_config(args.variant, args.text_length)
   best = 0.0
   for remat in args.remat.split(","):
     for batch in (int(b) for b in args.batch.split(",")):
       start = time.perf_counter()
-      run, xla_flops = step_runner(c, dtype, remat, batch, args.text_length)
+      run, compiled = step_runner(c, dtype, remat, batch, args.text_length)
       compile_s = time.perf_counter() - start
       run(2)  # warm-up
       times = []
@@ -154,9 +183,12 @@ def main() -> None:
       best = max(best, mfu)
       print(f"{args.variant} batch={batch} remat={remat}: {1e3 * seconds:.1f} ms/step "
             f"(min {1e3 * min(times):.1f}); model {flops / 1e9:.1f} GFLOP/step "
-            f"(XLA cost analysis {xla_flops / 1e9:.1f}); {flops / seconds / 1e12:.2f} "
+            f"(XLA cost analysis {xla_flops(compiled) / 1e9:.1f}); {flops / seconds / 1e12:.2f} "
             f"TFLOP/s = MFU {100 * mfu:.1f}% of the measured matmul peak; "
             f"compile {compile_s:.0f} s", flush=True)
+      if args.profile:
+        trace_dir = os.path.join(args.profile, f"batch{batch}_remat-{remat}")
+        print(profile(run, compiled, args.steps, 1e3 * seconds, trace_dir), flush=True)
   print(f"best_mfu={100 * best:.1f}%")
 
 
