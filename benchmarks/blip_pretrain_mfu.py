@@ -1,8 +1,8 @@
 """Model FLOPs utilisation (MFU) of the BLIP pretraining train step on one accelerator.
 
 Run: python benchmarks/blip_pretrain_mfu.py [--variant base] [--dtype bfloat16]
-         [--batch 64,128] [--remat none,dots] [--text_length 32] [--rounds 5] [--steps 5]
-         [--profile DIR]
+         [--batch 64,128] [--remat none,dots] [--scan_layers 0,1] [--text_length 32]
+         [--rounds 5] [--steps 5] [--profile DIR]
 
 The step is the trainer's: `blip.loss_fn_for` (EMA update of the momentum encoders, ITC
 against the 57,600-feature queue with momentum distillation, ITM on 2B mined hard negatives,
@@ -89,10 +89,10 @@ def matmul_peak(dtype: jnp.dtype, size: int, repeats: int = 10) -> float:
   return 2 * size ** 3 / float(np.median(times))
 
 
-def step_runner(c: blip.BlipConfig, dtype: jnp.dtype, remat: str, batch: int,
-                text_length: int) -> tuple[Any, Any]:
+def step_runner(c: blip.BlipConfig, dtype: jnp.dtype, remat: str, scan_layers: bool,
+                batch: int, text_length: int) -> tuple[Any, Any]:
   """A callable running `n` donated train steps (blocking at the end), and the compiled step."""
-  model = blip.build_blip(c, dtype=dtype, remat_policy=remat)
+  model = blip.build_blip(c, dtype=dtype, remat_policy=remat, scan_layers=scan_layers)
   params = nn.meta.unbox(blip.init_params(model, jax.random.PRNGKey(0)))
   extra = blip.init_extra_state(params, jax.random.PRNGKey(1), c)
   tx = optax.adamw(3e-4, weight_decay=0.05)
@@ -152,6 +152,8 @@ def main() -> None:
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   parser.add_argument("--batch", default="64", help="comma-separated batch sizes")
   parser.add_argument("--remat", default="none", help="comma-separated remat policies")
+  parser.add_argument("--scan_layers", default="0", help="comma-separated: 0 unrolled layers, "
+                      "1 scanned (stacked params: fewer, larger optimizer and EMA ops)")
   parser.add_argument("--text_length", type=int, default=32)
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
@@ -166,29 +168,31 @@ def main() -> None:
         f"matmul_peak={peak / 1e12:.2f} TFLOP/s", flush=True)
   c = blip_config(args.variant, args.text_length)
   best = 0.0
-  for remat in args.remat.split(","):
-    for batch in (int(b) for b in args.batch.split(",")):
+  configurations = [(remat, bool(int(scan)), int(batch)) for remat in args.remat.split(",")
+                    for scan in args.scan_layers.split(",") for batch in args.batch.split(",")]
+  for remat, scan_layers, batch in configurations:
+    start = time.perf_counter()
+    run, compiled = step_runner(c, dtype, remat, scan_layers, batch, args.text_length)
+    compile_s = time.perf_counter() - start
+    run(2)  # warm-up
+    times = []
+    for _ in range(args.rounds):
       start = time.perf_counter()
-      run, compiled = step_runner(c, dtype, remat, batch, args.text_length)
-      compile_s = time.perf_counter() - start
-      run(2)  # warm-up
-      times = []
-      for _ in range(args.rounds):
-        start = time.perf_counter()
-        run(args.steps)
-        times.append((time.perf_counter() - start) / args.steps)
-      seconds = float(np.median(times))
-      flops = analytic_flops(c, batch, args.text_length)
-      mfu = flops / seconds / peak
-      best = max(best, mfu)
-      print(f"{args.variant} batch={batch} remat={remat}: {1e3 * seconds:.1f} ms/step "
-            f"(min {1e3 * min(times):.1f}); model {flops / 1e9:.1f} GFLOP/step "
-            f"(XLA cost analysis {xla_flops(compiled) / 1e9:.1f}); {flops / seconds / 1e12:.2f} "
-            f"TFLOP/s = MFU {100 * mfu:.1f}% of the measured matmul peak; "
-            f"compile {compile_s:.0f} s", flush=True)
-      if args.profile:
-        trace_dir = os.path.join(args.profile, f"batch{batch}_remat-{remat}")
-        print(profile(run, compiled, args.steps, 1e3 * seconds, trace_dir), flush=True)
+      run(args.steps)
+      times.append((time.perf_counter() - start) / args.steps)
+    seconds = float(np.median(times))
+    flops = analytic_flops(c, batch, args.text_length)
+    mfu = flops / seconds / peak
+    best = max(best, mfu)
+    name = f"batch={batch} remat={remat} scan_layers={int(scan_layers)}"
+    print(f"{args.variant} {name}: {1e3 * seconds:.1f} ms/step "
+          f"(min {1e3 * min(times):.1f}); model {flops / 1e9:.1f} GFLOP/step "
+          f"(XLA cost analysis {xla_flops(compiled) / 1e9:.1f}); {flops / seconds / 1e12:.2f} "
+          f"TFLOP/s = MFU {100 * mfu:.1f}% of the measured matmul peak; "
+          f"compile {compile_s:.0f} s", flush=True)
+    if args.profile:
+      trace_dir = os.path.join(args.profile, name.replace(" ", "_").replace("=", "-"))
+      print(profile(run, compiled, args.steps, 1e3 * seconds, trace_dir), flush=True)
   print(f"best_mfu={100 * best:.1f}%")
 
 
