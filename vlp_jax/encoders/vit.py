@@ -45,7 +45,7 @@ class VisionTransformer(nn.Module):
     position_init_scale: multiplies the "sincos2d" start (its entries have RMS 1/sqrt(2)).
       The blocks grow the patches' content far beyond it: with scale 1 a tiny BLIP's object
       tokens came out with cosine 0.99 between any two grid cells, and its captions named the
-      colours and shapes but no place (see configs/blip.py).
+      colours and shapes but no place (see configs/blip_tiny_experiments.md).
   """
   image_size: int = 224
   patch_size: int = 16

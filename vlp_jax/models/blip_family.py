@@ -38,15 +38,15 @@ from vlp_jax.models.registry import Evaluator, ModelFamily, TrainableModel
 
 # Tiny: shapes' 64 px images resized to 63 and cut into 21 px patches, one per cell of the
 # scene's 3x3 grid, so each object is one image token; positions start as a 2-D sine grid
-# (3x its amplitude) and 3 layers (see configs/blip.py); width 128. Measured on the test
-# split after 1,600 steps of 32 with 2 layers and the 1x start (retrieval R@1 img2txt /
-# txt2img, ITM accuracy, caption object recall): this 0.62 / 0.63, 0.99, 0.32; width 64
-# 0.52 / 0.53, 0.98, 0.19; 8 px patches (64 tokens) and learned positions from 0.02 noise at
-# width 64: 0.32 / 0.32, 0.94, 0.17, its captions naming the right colours but neither shapes
-# nor places. Three text layers and more steps: see configs/blip.py. Text: 32 tokens with a
-# BPE-300 tokenizer whose pieces span words ("▁in▁the▁bottom", `--multiword_pieces`): 27
-# tokens median, 37 p95 with [CLS] / [SEP]; the objects come first, so a truncated tail loses
-# a relation. A word-level one needs 48 (44 median, 58 p95) and makes the step 1.44x slower.
+# (3x its amplitude) and 3 layers; width 128. Measured on the test split after 1,600 steps of
+# 32 with 2 layers and the 1x start (retrieval R@1 img2txt / txt2img, ITM accuracy, caption
+# object recall): this 0.62 / 0.63, 0.99, 0.32; width 64 0.52 / 0.53, 0.98, 0.19; 8 px
+# patches (64 tokens) and learned positions from 0.02 noise at width 64: 0.32 / 0.32, 0.94,
+# 0.17, its captions naming the right colours but neither shapes nor places. Three layers,
+# more steps and the rest: configs/blip_tiny_experiments.md. Text: 32 tokens with a BPE-300
+# tokenizer whose pieces span words ("▁in▁the▁bottom", `--multiword_pieces`): 27 tokens
+# median, 37 p95 with [CLS] / [SEP]; the objects come first, so a truncated tail loses a
+# relation. A word-level one needs 48 (44 median, 58 p95) and makes the step 1.44x slower.
 _TINY = dict(
     image_size=63, patch_size=21, vision_position_init="sincos2d", vision_position_init_scale=3.0,
     vision_width=128, vision_layers=3, vision_heads=4, vision_mlp_dim=256,
