@@ -5,9 +5,10 @@ Run on its own (a trace already taken, and the compiled module's text for the op
     python benchmarks/trace_summary.py TRACE_DIR --module jit_train_step --steps 5 [--hlo F]
 
 `blip_pretrain_mfu.py --profile DIR` calls `summarize` after timing each configuration.
-Op events are the ones the profiler tags with `hlo_op` / `hlo_module` (XLA CPU thunks, GPU
-kernels; GPU kernels of one op are summed into it), or else every event of the accelerator. Overlapping ops (two CPU threads, several
-GPU streams) all count, so busy time can exceed the wall time. With the compiled module's
+Ops come from the trace's "XLA Ops" line (GPU), the events tagged `hlo_op` (XLA CPU), or else
+the accelerator's kernels (see `op_events`). Overlapping ops (two CPU threads, several GPU
+streams) all count, so busy time can exceed the wall time; loops (`while`, a scanned layer
+stack) do not, their body's ops do. With the compiled module's
 text, each op is named by the `op_name` metadata XLA keeps from the JAX program (e.g.
 `jit(train_step)/jvp(Blip.encode_text)/text/encoder/layers_0/.../fc2/dot_general`).
 """
@@ -19,29 +20,42 @@ import json
 import os
 import re
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"", re.M)
+_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"", re.M)
+# Ops whose span holds the spans of the ops they run (a scanned layer stack's loop).
+_CONTAINERS = ("while", "conditional", "call")
 
 
 def op_events(trace_dir: str, module: str) -> list[tuple[str, float]]:
-  """(hlo_op, duration in ms) of every op event of the modules whose name contains `module`.
+  """(op name, duration in ms) of every op event of the modules whose name contains `module`.
 
-  Where no event carries those tags, every event of the accelerator processes
-  ("/device:...") instead, named by the event (the kernel).
+  Op events: the spans of an "XLA Ops" line where the trace has one (GPU: one span per op
+  over its kernels), else the spans tagged with `hlo_op` / `hlo_module` (XLA CPU thunks, GPU
+  kernels), else every span of the accelerator processes ("/device:..."), by kernel name.
   """
   files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))
   if not files:
     raise FileNotFoundError(f"no *.trace.json.gz under {trace_dir}")
   with gzip.open(files[-1]) as f:
     events = json.load(f)["traceEvents"]
+
+  def named(kind: str, prefix: str) -> set:
+    return {(event["pid"], event.get("tid")) if kind == "thread_name" else event["pid"]
+            for event in events if event.get("ph") == "M" and event.get("name") == kind
+            and event.get("args", {}).get("name", "").startswith(prefix)}
+
   spans = [event for event in events if event.get("ph") == "X" and "dur" in event]
+  op_lines = named("thread_name", "XLA Ops")
+  ops = [(event["name"], event["dur"] / 1e3) for event in spans
+         if (event["pid"], event.get("tid")) in op_lines]
+  if ops:
+    return ops
   ops = [(event["args"]["hlo_op"], event["dur"] / 1e3) for event in spans
          if "hlo_op" in event.get("args", {}) and module in event["args"].get("hlo_module", "")]
   if ops:
     return ops
-  devices = {event["pid"] for event in events if event.get("ph") == "M"
-             and event.get("name") == "process_name"
-             and event.get("args", {}).get("name", "").startswith("/device:")}
-  return [(event["name"], event["dur"] / 1e3) for event in spans if event.get("pid") in devices]
+  devices = named("process_name", "/device:")
+  return [(event["name"], event["dur"] / 1e3) for event in spans if event["pid"] in devices]
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
@@ -70,7 +84,8 @@ def summarize(trace_dir: str, module: str, steps: int, wall_ms_per_step: float |
     raise ValueError(f"no op events of a module named like {module!r} in {trace_dir}")
   per_op: collections.Counter = collections.Counter()
   for name, ms in ops:
-    per_op[name] += ms / steps
+    if _kind(name) not in _CONTAINERS:
+      per_op[name] += ms / steps
   per_kind: collections.Counter = collections.Counter()
   for name, ms in per_op.items():
     per_kind[_kind(name)] += ms
