@@ -9,7 +9,8 @@ against the 57,600-feature queue with momentum distillation, ITM on 2B mined har
 LM with label smoothing) under `vlp_jax.train.step.compute_gradients`, then AdamW, jitted
 with the params, optimiser state and extra state donated. `base` is `configs/blip.py:base`'s
 model (ViT-B/16 at 224 px + BERT-base MED, text dropout 0.1); `small` is a 2-layer, 64-wide
-model at 32 px for a smoke test on a CPU.
+model at 32 px for a smoke test on a CPU; `tiny` is `configs/blip.py:tiny`'s model (the CPU
+learning test's: run it with `--dtype float32 --batch 32`).
 
 Model FLOPs (analytic, matmuls only): 3x the forward of what gets gradients (ViT on B
 images, unimodal text encoder on B texts, image-grounded encoder on 3B pairs, decoder and
@@ -23,6 +24,7 @@ compiled module's text) and prints the op kinds and single ops that take the mos
 step, each op named by its place in the model (`trace_summary.py`).
 """
 import argparse
+import dataclasses
 import os
 import time
 from typing import Any
@@ -34,7 +36,7 @@ import numpy as np
 import optax
 
 import trace_summary
-from vlp_jax.models import blip
+from vlp_jax.models import blip, blip_family
 from vlp_jax.train.step import compute_gradients
 
 VARIANTS = {
@@ -43,10 +45,14 @@ VARIANTS = {
                   vision_heads=2, vision_mlp_dim=128, vocab_size=512, text_width=64,
                   text_layers=2, text_heads=2, text_mlp_dim=128, embed_dim=32,
                   queue_size=256),
+    "tiny": dict(vocab_size=300),  # configs/blip.py:tiny with its shapes tokenizer's pieces
 }
 
 
 def blip_config(variant: str, text_length: int) -> blip.BlipConfig:
+  if variant == "tiny":
+    tiny = blip_family.blip_config_from(blip_family.default_config("tiny"))
+    return dataclasses.replace(tiny, **VARIANTS[variant], max_text_length=text_length)
   return blip.BlipConfig(**VARIANTS[variant], max_text_length=text_length)
 
 
