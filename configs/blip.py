@@ -38,9 +38,9 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # captions' object recall; the vision position embedding (a 3x sine start, see
     # vlp_jax/models/blip_family.py) learns at 10x the lr. Seed 0 reaches every issue
     # threshold (R@1 0.85 / 0.86, ITM 1.00, object recall 0.82-0.83 on two CPUs), seed 2 just
-    # (0.80 / 0.80, 1.00, 0.82), seed 1 not (0.58-0.71 R@1 under every change tried): runs
-    # spread widely, and the ones that miss confuse shapes (diamond, triangle, star), not
-    # places. Every run behind these choices: configs/blip_tiny_experiments.md.
+    # (0.80 / 0.80, 1.00, 0.82); seeds 1, 3 and 4 miss (R@1 0.58-0.80): runs spread widely,
+    # and the ones that miss confuse shapes (diamond, triangle, star), not places. Every run
+    # behind these choices: configs/blip_tiny_experiments.md.
     config.model.lm_weight = 2.0
     config.total_steps = 2600
     config.global_batch_size = 32
