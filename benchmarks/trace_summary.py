@@ -39,22 +39,22 @@ def op_events(trace_dir: str, module: str) -> list[tuple[str, float]]:
   with gzip.open(files[-1]) as f:
     events = json.load(f)["traceEvents"]
 
-  def named(kind: str, prefix: str) -> set:
-    return {(event["pid"], event.get("tid")) if kind == "thread_name" else event["pid"]
-            for event in events if event.get("ph") == "M" and event.get("name") == kind
-            and event.get("args", {}).get("name", "").startswith(prefix)}
-
+  metadata = [event for event in events if event.get("ph") == "M"]
+  op_lines = {(event["pid"], event.get("tid")) for event in metadata
+              if event.get("name") == "thread_name"
+              and event.get("args", {}).get("name") == "XLA Ops"}
+  devices = {event["pid"] for event in metadata if event.get("name") == "process_name"
+             and event.get("args", {}).get("name", "").startswith("/device:")}
   spans = [event for event in events if event.get("ph") == "X" and "dur" in event]
-  op_lines = named("thread_name", "XLA Ops")
   ops = [(event["name"], event["dur"] / 1e3) for event in spans
-         if (event["pid"], event.get("tid")) in op_lines]
+         if (event["pid"], event.get("tid")) in op_lines
+         and module in event.get("args", {}).get("hlo_module", module)]
   if ops:
     return ops
   ops = [(event["args"]["hlo_op"], event["dur"] / 1e3) for event in spans
          if "hlo_op" in event.get("args", {}) and module in event["args"].get("hlo_module", "")]
   if ops:
     return ops
-  devices = named("process_name", "/device:")
   return [(event["name"], event["dur"] / 1e3) for event in spans if event["pid"] in devices]
 
 
