@@ -8,8 +8,8 @@ Run on its own (a trace already taken, and the compiled module's text for the op
 Ops come from the trace's "XLA Ops" line (GPU), the events tagged `hlo_op` (XLA CPU), or else
 the accelerator's kernels (see `op_events`). Overlapping ops (two CPU threads, several GPU
 streams) all count, so busy time can exceed the wall time; loops (`while`, a scanned layer
-stack) do not, their body's ops do. With the compiled module's
-text, each op is named by the `op_name` metadata XLA keeps from the JAX program (e.g.
+stack) do not, their body's ops do. With the compiled module's text, each op is named by the
+`op_name` metadata XLA keeps from the JAX program (e.g.
 `jit(train_step)/jvp(Blip.encode_text)/text/encoder/layers_0/.../fc2/dot_general`).
 """
 import argparse
@@ -87,13 +87,14 @@ def summarize(trace_dir: str, module: str, steps: int, wall_ms_per_step: float |
     if _kind(name) not in _CONTAINERS:
       per_op[name] += ms / steps
   per_kind: collections.Counter = collections.Counter()
+  counts: collections.Counter = collections.Counter()
   for name, ms in per_op.items():
     per_kind[_kind(name)] += ms
+    counts[_kind(name)] += 1
   busy = sum(per_op.values())
   lines = [f"ops of {module}: {busy:.2f} ms busy per step over {len(per_op)} ops"
            + (f" (wall {wall_ms_per_step:.2f} ms)" if wall_ms_per_step else "")]
   lines.append("top op kinds (ms/step, share of busy, ops):")
-  counts = collections.Counter(_kind(name) for name in per_op)
   for kind, ms in per_kind.most_common(top):
     lines.append(f"  {ms:9.3f} {100 * ms / busy:5.1f}% {counts[kind]:5d}  {kind}")
   names = op_names(hlo_text)
