@@ -13,7 +13,7 @@ glibc malloc, 6.5 under tbbmalloc (vlp_jax/train/host_allocator.py; the learning
 8 minutes with its evaluation) on the AVX-512 box, 18.5 under tbbmalloc on a 2 GHz AVX2 EPYC
 (2.35 steps/s); `tests/models/test_learning.py` checks what it learns), base (ViT-B/16 +
 BERT-base, 224 px, batch 2,880, queue 57,600, AdamW 3e-4 with wd 0.05, 20 epochs of 14M
-pairs).
+pairs), large (ViT-L/16 + BERT-base, as base but batch 2,400 and lr 2e-4, as in BLIP).
 The vocabulary size and special ids come from `data.tokenizer`.
 """
 import ml_collections
@@ -54,11 +54,13 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
                                        ("^vision/position_embedding$", 10.0))
     config.data.shuffle_buffer = 2000
   else:
-    config.global_batch_size = 2880
+    # BLIP's pretraining: batch 2,880 and lr 3e-4 with ViT-B, 2,400 and 2e-4 with ViT-L.
+    large = variant == "large"
+    config.global_batch_size = 2400 if large else 2880
     steps_per_epoch = _PRETRAIN_PAIRS // config.global_batch_size
     config.total_steps = 20 * steps_per_epoch
     config.model.alpha_ramp_steps = steps_per_epoch  # BLIP ramps alpha over the first epoch
-    config.optimizer.learning_rate = 3e-4
+    config.optimizer.learning_rate = 2e-4 if large else 3e-4
     config.optimizer.warmup_steps = 3000
     config.dtype = "bfloat16"
     config.remat_policy = "dots"

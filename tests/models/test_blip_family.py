@@ -33,7 +33,7 @@ def _batch(seed: int, size: int = 4) -> dict[str, jnp.ndarray]:
 
 
 def test_default_configs_hold_every_model_field():
-  for variant in ("tiny", "base"):
+  for variant in ("tiny", "base", "large"):
     config = blip_family.default_config(variant)
     assert config.model.family == "blip"
     blip_family.blip_config_from(config)  # every field is a BlipConfig field
@@ -44,7 +44,7 @@ def test_default_configs_hold_every_model_field():
 
 def test_config_file_registers_the_family():
   path = str(pathlib.Path(__file__).parents[2] / "configs" / "blip.py")
-  for variant in ("tiny", "base"):
+  for variant in ("tiny", "base", "large"):
     config = load_config_file(f"{path}:{variant}")
     assert config.model.queue_size % config.global_batch_size == 0
 

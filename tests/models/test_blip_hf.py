@@ -102,11 +102,18 @@ def test_lm_logits_and_loss_match_hf_captioning(converted):
   np.testing.assert_allclose(float(loss), out.loss.item(), rtol=1e-5)
 
 
-def test_base_config_has_hf_blip_base_parameter_count():
-  """ViT-B/16 + BERT-base MED: every HF retrieval parameter, plus the decoder's causal
-  self-attention and LM head from the captioning model, plus the temperature."""
+_VIT_L16 = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+               intermediate_size=4096)
+
+
+@pytest.mark.parametrize("variant,hf_vision", [("base", {}), ("large", _VIT_L16)])
+def test_config_has_hf_blip_parameter_count(variant, hf_vision):
+  """ViT-B/16 (base) or ViT-L/16 (large) + BERT-base MED: every HF retrieval parameter, plus
+  the decoder's causal self-attention and LM head from the captioning model, plus the
+  temperature."""
   from vlp_jax.models import blip_family
-  hf_config = HFBlipConfig(vision_config=dict(image_size=224))
+  hf_config = HFBlipConfig(vision_config=dict(image_size=224, **hf_vision))
+  assert hf_config.text_config.encoder_hidden_size == hf_config.vision_config.hidden_size
   with torch.device("meta"):
     retrieval = BlipForImageTextRetrieval(hf_config)
     captioning = BlipForConditionalGeneration(hf_config)
@@ -115,7 +122,7 @@ def test_base_config_has_hf_blip_base_parameter_count():
                        if ".attention." in n or n.startswith("text_decoder.cls.")
                        and "decoder.weight" not in n and not n.endswith("decoder.bias"))
   expected = count(retrieval.named_parameters()) + decoder_only + 1
-  config = blip_family.blip_config_from(blip_family.default_config("base"))
+  config = blip_family.blip_config_from(blip_family.default_config(variant))
   model = blip.build_blip(config)
   shapes = jax.eval_shape(lambda: nn.meta.unbox(blip.init_params(model, jax.random.key(0))))
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes)) == expected

@@ -1,7 +1,8 @@
 """The `blip` model family for the trainer: config defaults per variant, `build`, evaluators.
 
-Variants: `tiny` (a few-layer model on the synthetic `shapes` set at 64 px, CPU-friendly) and
-`base` (ViT-B/16 + BERT-base at 224 px, queue 57,600, as in the paper). The `model` section
+Variants: `tiny` (a few-layer model on the synthetic `shapes` set at 64 px, CPU-friendly),
+`base` (ViT-B/16 + BERT-base at 224 px, queue 57,600, as in the paper) and `large` (the same
+with ViT-L/16: 24 layers, width 1,024, 16 heads, MLP 4,096). The `model` section
 holds every `BlipConfig` field. When `data.tokenizer` is set, the vocabulary size and the
 special token ids ([PAD], [CLS], [SEP], [ENC], [DEC]) are read from the tokenizer, so the
 model always matches it; otherwise the `model` values are used as given.
@@ -54,7 +55,8 @@ _TINY = dict(
     vocab_size=1000, text_width=128, text_layers=3, text_heads=4, text_mlp_dim=256,
     max_text_length=32, embed_dim=32, queue_size=1024, alpha_ramp_steps=400)
 _BASE = dict(image_size=224, text_dropout_rate=0.1, vocab_size=30524, queue_size=57600)
-_VARIANTS = {"tiny": _TINY, "base": _BASE}
+_LARGE = dict(_BASE, vision_width=1024, vision_layers=24, vision_heads=16, vision_mlp_dim=4096)
+_VARIANTS = {"tiny": _TINY, "base": _BASE, "large": _LARGE}
 _EVAL_FIELDS = dict(eval_rerank_k=256, eval_itm_batch_size=64, eval_caption_prompt="a picture of ",
                     eval_caption_max_length=20, eval_caption_min_length=5,
                     eval_caption_num_beams=3)
