@@ -7,10 +7,10 @@ Run: python benchmarks/blip_pretrain_mfu.py [--variant base] [--dtype bfloat16]
 The step is the trainer's: `blip.loss_fn_for` (EMA update of the momentum encoders, ITC
 against the 57,600-feature queue with momentum distillation, ITM on 2B mined hard negatives,
 LM with label smoothing) under `vlp_jax.train.step.compute_gradients`, then AdamW, jitted
-with the params, optimiser state and extra state donated. `base` is `configs/blip.py:base`'s
-model (ViT-B/16 at 224 px + BERT-base MED, text dropout 0.1); `small` is a 2-layer, 64-wide
-model at 32 px for a smoke test on a CPU; `tiny` is `configs/blip.py:tiny`'s model (the CPU
-learning test's: run it with `--dtype float32 --batch 32`).
+with the params, optimiser state and extra state donated. `base`, `large` and `tiny` are the
+models of `configs/blip.py`'s variants (ViT-B/16 or ViT-L/16 at 224 px + BERT-base MED, text
+dropout 0.1; tiny: the CPU learning test's, run it with `--dtype float32 --batch 32`);
+`small` is a 2-layer, 64-wide model at 32 px for a smoke test on a CPU.
 
 Model FLOPs (analytic, matmuls only): 3x the forward of what gets gradients (ViT on B
 images, unimodal text encoder on B texts, image-grounded encoder on 3B pairs, decoder and
@@ -39,21 +39,20 @@ import trace_summary
 from vlp_jax.models import blip, blip_family
 from vlp_jax.train.step import compute_gradients
 
-VARIANTS = {
-    "base": dict(text_dropout_rate=0.1),  # BlipConfig's defaults are ViT-B/16 + BERT-base
-    "small": dict(image_size=32, patch_size=8, vision_width=64, vision_layers=2,
-                  vision_heads=2, vision_mlp_dim=128, vocab_size=512, text_width=64,
-                  text_layers=2, text_heads=2, text_mlp_dim=128, embed_dim=32,
-                  queue_size=256),
-    "tiny": dict(vocab_size=300),  # configs/blip.py:tiny with its shapes tokenizer's pieces
-}
+SMALL = dict(image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
+             vision_mlp_dim=128, vocab_size=512, text_width=64, text_layers=2, text_heads=2,
+             text_mlp_dim=128, embed_dim=32, queue_size=256)
+# configs/blip.py's variants; `small` is a CPU smoke test.
+VARIANTS = ("base", "large", "small", "tiny")
 
 
 def blip_config(variant: str, text_length: int) -> blip.BlipConfig:
-  if variant == "tiny":
-    tiny = blip_family.blip_config_from(blip_family.default_config("tiny"))
-    return dataclasses.replace(tiny, **VARIANTS[variant], max_text_length=text_length)
-  return blip.BlipConfig(**VARIANTS[variant], max_text_length=text_length)
+  if variant == "small":
+    return blip.BlipConfig(**SMALL, max_text_length=text_length)
+  config = blip_family.blip_config_from(blip_family.default_config(variant))
+  if variant == "tiny":  # its shapes tokenizer's vocabulary
+    config = dataclasses.replace(config, vocab_size=300)
+  return dataclasses.replace(config, max_text_length=text_length)
 
 
 def analytic_flops(c: blip.BlipConfig, batch: int, text_length: int) -> float:
@@ -154,7 +153,7 @@ def profile(run: Any, compiled: Any, steps: int, wall_ms_per_step: float, trace_
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--variant", choices=sorted(VARIANTS), default="base")
+  parser.add_argument("--variant", choices=VARIANTS, default="base")
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   parser.add_argument("--batch", default="64", help="comma-separated batch sizes")
   parser.add_argument("--remat", default="none", help="comma-separated remat policies")
