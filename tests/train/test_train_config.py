@@ -31,6 +31,10 @@ def test_toy_config_is_valid_and_mesh_fills_remaining_devices():
     (lambda c: c.__setattr__("remat_policy", "most"), 1, "config.remat_policy='most'"),
     (lambda c: c.model.__setattr__("family", "nope"), 1, "config.model.family='nope'"),
     (lambda c: c.model.__setattr__("variant", "huge"), 1, "config.model.variant"),
+    (lambda c: c.optimizer.__setattr__("frozen_regex", "(["), 1,
+     "config.optimizer.frozen_regex='([' is not a regex"),
+    (lambda c: c.optimizer.__setattr__("lr_multipliers", (("^a", 2.0), ("b)", 2.0))), 1,
+     "config.optimizer.lr_multipliers[1]='b)' is not a regex"),
 ])
 def test_invalid_config_names_the_field(mutate, num_devices, message):
   config = tiny_toy_config()
@@ -65,6 +69,25 @@ def test_train_rejects_bad_config_before_building_anything(tmp_path, monkeypatch
     trainer.train(config, str(tmp_path / "run"))
   assert not compiled
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_train_rejects_param_patterns_matching_no_param_before_compiling(tmp_path, monkeypatch):
+  """A misspelt param path in `lr_multipliers` (or the other param regexes) would change
+  nothing; the trainer stops on it once the params' shapes are known, before it initialises
+  (compiles) anything."""
+  def compiles(*args, **kwargs):
+    raise AssertionError("the trainer went past the param patterns' check")
+  monkeypatch.setattr(trainer.state_lib, "init_train_state", compiles)
+  monkeypatch.setattr(trainer.step_lib, "make_train_step", compiles)
+  config = tiny_toy_config()
+  config.optimizer.lr_multipliers = (("kernel", 0.5), ("^embeding/", 2.0))
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.optimizer.lr_multipliers\[1\]='\^embeding/' matches no parameter"):
+    trainer.train(config, str(tmp_path / "run"))
+  config.optimizer.lr_multipliers = ()
+  config.optimizer.no_decay_regex = "^no_such_layer/"
+  with pytest.raises(config_lib.ConfigError, match="config.optimizer.no_decay_regex"):
+    trainer.train(config, str(tmp_path / "run"))
 
 
 def test_train_cli_exits_2_naming_the_field(tmp_path):

@@ -4,10 +4,13 @@ A config file `configs/<family>.py` defines `get_config(variant)` and builds on
 `run_config(family, variant)`: the generic fields below plus the family's `model` and `data`
 defaults (`ModelFamily.default_config`). `validate_config` rejects, with a message naming the
 field, anything that would otherwise fail late: unknown fields, a mesh that does not match the
-devices, a batch that does not divide over the data axes, a missing dataset.
+devices, a batch that does not divide over the data axes, a missing dataset, a param-path
+regex that does not compile; `check_param_patterns` (called by the trainer once the params'
+shapes are known, before anything compiles) one that matches no param.
 """
 import importlib.util
 import os
+import re
 
 import ml_collections
 
@@ -189,6 +192,29 @@ def _check_optimizer(optimizer: ml_collections.ConfigDict) -> None:
     if len(entry) != 2:
       raise ConfigError(f"config.optimizer.lr_multipliers entry {entry!r} is not "
                         "(regex, multiplier)")
+  for field, pattern in _param_patterns(optimizer):
+    try:
+      re.compile(pattern)
+    except re.error as error:
+      raise ConfigError(f"{field}={pattern!r} is not a regex: {error}") from None
+
+
+def _param_patterns(optimizer: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+  """(field name, regex) of each param-path pattern set in `optimizer`."""
+  patterns = [(f"config.optimizer.lr_multipliers[{index}]", str(entry[0]))
+              for index, entry in enumerate(optimizer.lr_multipliers)]
+  return patterns + [(f"config.optimizer.{name}", optimizer[name])
+                     for name in ("no_decay_regex", "frozen_regex") if optimizer[name]]
+
+
+def check_param_patterns(optimizer: ml_collections.ConfigDict, param_paths: list[str]) -> None:
+  """Raises ConfigError naming the field of a param-path regex that matches none of
+  `param_paths` ('/'-joined, e.g. `vision/patch_embedding/projection/kernel`): a typo there
+  would otherwise change nothing, silently."""
+  for field, pattern in _param_patterns(optimizer):
+    if not any(re.search(pattern, path) for path in param_paths):
+      raise ConfigError(f"{field}={pattern!r} matches no parameter; the paths look like "
+                        f"{param_paths[:3]}")
 
 
 def _check_dataset(data: ml_collections.ConfigDict) -> None:

@@ -30,7 +30,7 @@ from vlp_jax.train import optim
 from vlp_jax.train import sharding as sharding_lib
 from vlp_jax.train import state as state_lib
 from vlp_jax.train import step as step_lib
-from vlp_jax.train.config import validate_config
+from vlp_jax.train.config import check_param_patterns, validate_config
 
 InputFn = Callable[..., Iterator[dict[str, np.ndarray]]]
 # In-library synthetic sources: data.name -> (module, function), same signature as make_pipeline.
@@ -132,6 +132,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   # and the step below runs under the mesh so activation constraints apply.
   with nn.logical_axis_rules(rules):
     abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules)
+    check_param_patterns(config.optimizer, [
+        optim.param_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(
+            abstract_state.params)])
     make_train_input = lambda seed: input_fn(
         config.data, split=config.data.train_split, train=True,
         global_batch_size=config.global_batch_size, seed=seed)
